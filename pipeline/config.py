@@ -1,0 +1,218 @@
+"""Configuration: one table of settings, each readable from an environment variable or a flag.
+
+The environment-variable names are public interface (deployments depend on them): keep them stable.
+A flag always wins over the environment; the environment wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.model import PipelineError, Secret
+
+LOCAL_BOOTSTRAP = "127.0.0.1:19092"
+KAFKA_PASSTHROUGH_PREFIX = "KAFKA_OPT_"
+ORDERING_MODES = ("key", "partition", "unordered")
+INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
+
+
+class ConfigError(PipelineError):
+    """A setting is missing or malformed; the message names the variable/flag and the fix."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _topic_formats(text: str) -> dict[str, str]:
+    """``auto`` or ``json`` applies to every topic; ``orders=avro,clicks=json`` picks per topic."""
+    formats: dict[str, str] = {}
+    for item in _csv(text):
+        topic, sep, fmt = item.rpartition("=")
+        _choice(INPUT_FORMATS)(fmt)
+        formats[topic if sep else "*"] = fmt
+    return formats
+
+
+def _event_name_map(text: str) -> dict[str, str | None]:
+    """Inline JSON object or a path to a JSON file: Segment event name -> Wigzo name, or null to skip."""
+    raw = Path(text).read_bytes() if not text.lstrip().startswith("{") else text.encode()
+    parsed = orjson.loads(raw)
+    if not isinstance(parsed, dict) or not all(v is None or isinstance(v, str) for v in parsed.values()):
+        raise ValueError('must be a JSON object of strings or null, e.g. {"Signed Up": "signup", "Heartbeat": null}')
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    attr: str
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", str, LOCAL_BOOTSTRAP,
+           "Kafka bootstrap servers (host:port,...); default is the project's local broker"),
+    Option("topics", "KAFKA_TOPICS", "--topics", _csv, ("segment-events",),
+           "comma-separated source topics; an entry starting with ^ is a regex"),
+    Option("group_id", "KAFKA_GROUP_ID", "--group-id", str, "segment-wigzo", "consumer group id"),
+    Option("auto_offset_reset", "KAFKA_AUTO_OFFSET_RESET", "--auto-offset-reset",
+           _choice(("earliest", "latest")), "earliest", "where a group with no committed offset starts"),
+    Option("dlq_topic", "DLQ_TOPIC", "--dlq-topic", str, "",
+           "dead-letter topic; default '<source topic>.dlq'"),
+    Option("wigzo_base_url", "WIGZO_BASE_URL", "--wigzo-base-url", str, "https://app.wigzo.com",
+           "Wigzo API base URL"),
+    Option("wigzo_org_token", "WIGZO_ORG_TOKEN", "--wigzo-org-token", Secret, Secret(""),
+           "Wigzo organization token (required)", secret=True),
+    Option("wigzo_api_token", "WIGZO_API_TOKEN", "--wigzo-api-token", Secret, Secret(""),
+           "Wigzo API token, sent as 'token' when set", secret=True),
+    Option("max_in_flight", "WIGZO_MAX_IN_FLIGHT", "--max-in-flight", _positive_int, 64,
+           "Wigzo requests in flight at once"),
+    Option("ordering", "DELIVERY_ORDERING", "--ordering", _choice(ORDERING_MODES), "key",
+           "delivery order: per message key (default), per partition, or unordered"),
+    Option("input_formats", "INPUT_FORMAT", "--input-format", _topic_formats, {"*": "auto"},
+           "input format: auto|avro-confluent|avro|json, or per topic as 'topic=format,...'"),
+    Option("avro_writer_schema", "AVRO_WRITER_SCHEMA", "--avro-writer-schema", str, "",
+           "writer schema (.avsc path) for schemaless Avro input"),
+    Option("schema_registry_url", "SCHEMA_REGISTRY_URL", "--schema-registry-url", str, "",
+           "Confluent Schema Registry URL; without it schema ids resolve from schemas/registry.json"),
+    Option("max_event_bytes", "MAX_EVENT_BYTES", "--max-event-bytes", _positive_int, 32 * 1024,
+           "largest accepted event (Segment caps events at 32 KB)"),
+    Option("event_name_map", "WIGZO_EVENT_MAP", "--event-map", _event_name_map, {},
+           "JSON object (inline or file path) mapping Segment event names to Wigzo names, null to skip"),
+    Option("connect_timeout", "WIGZO_CONNECT_TIMEOUT", "--connect-timeout", _positive_float, 5.0,
+           "seconds to establish a connection to Wigzo"),
+    Option("read_timeout", "WIGZO_READ_TIMEOUT", "--read-timeout", _positive_float, 15.0,
+           "seconds to wait for Wigzo's response"),
+    Option("ca_bundle", "WIGZO_CA_BUNDLE", "--ca-bundle", str, "", "CA bundle for Wigzo's TLS certificate"),
+    Option("max_attempts", "WIGZO_MAX_ATTEMPTS", "--max-attempts", _positive_int, 10,
+           "attempts per event before it is dead-lettered (only while Wigzo serves other events)"),
+    Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float, 300.0,
+           "seconds an event may keep retrying before it is dead-lettered (same condition)"),
+    Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
+           _positive_int, 2000, "messages read but not finished per partition before it is paused"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap_servers: str = LOCAL_BOOTSTRAP
+    topics: tuple[str, ...] = ("segment-events",)
+    group_id: str = "segment-wigzo"
+    auto_offset_reset: str = "earliest"
+    dlq_topic: str = ""
+    wigzo_base_url: str = "https://app.wigzo.com"
+    wigzo_org_token: Secret = Secret("")
+    wigzo_api_token: Secret = Secret("")
+    max_in_flight: int = 64
+    ordering: str = "key"
+    input_formats: Mapping[str, str] = field(default_factory=lambda: {"*": "auto"})
+    avro_writer_schema: str = ""
+    schema_registry_url: str = ""
+    max_event_bytes: int = 32 * 1024
+    event_name_map: Mapping[str, str | None] = field(default_factory=dict)
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    ca_bundle: str = ""
+    max_attempts: int = 10
+    retry_budget_seconds: float = 300.0
+    max_pending_per_partition: int = 2000
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+
+    def dlq_topic_for(self, source_topic: str) -> str:
+        return self.dlq_topic or f"{source_topic}.dlq"
+
+    def require_org_token(self) -> None:
+        if not self.wigzo_org_token:
+            raise ConfigError(
+                "WIGZO_ORG_TOKEN is not set: export it (or pass --wigzo-org-token) with the Organization "
+                "Token from Wigzo under Settings > Integration"
+            )
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """Settings shared by every librdkafka client; user pass-through settings win."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
+
+
+def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) -> None:
+    """Add the flags for the named settings (all when None); their defaults stay unresolved."""
+    for option in OPTIONS:
+        if attrs is None or option.attr in attrs:
+            parser.add_argument(option.flag, dest=option.attr, default=None, metavar=option.env,
+                                help=f"{option.help} [env {option.env}]")
+    if attrs is None or "kafka_config" in attrs:
+        parser.add_argument("--kafka-config", dest="kafka_config", action="append", default=None,
+                            metavar="KEY=VALUE",
+                            help="librdkafka setting passed through (repeatable), e.g. security.protocol=SASL_SSL; "
+                                 f"also env {KAFKA_PASSTHROUGH_PREFIX}<KEY> with '.' as '_' and '_' as '__'")
+
+
+def _passthrough_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    config = {}
+    for name, value in environ.items():
+        if name.startswith(KAFKA_PASSTHROUGH_PREFIX):
+            key = name[len(KAFKA_PASSTHROUGH_PREFIX):].lower()
+            key = re.sub(r"(?<!_)_(?!_)", ".", key).replace("__", "_")
+            config[key] = value
+    return config
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from flag, then environment, then default; raise ConfigError naming the source."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        flag_value = getattr(args, option.attr, None) if args is not None else None
+        source, raw = ((option.flag, flag_value) if flag_value is not None
+                       else (option.env, environ.get(option.env)))
+        if raw is None or raw == "":
+            values[option.attr] = option.default
+            continue
+        try:
+            values[option.attr] = option.parse(raw)
+        except (ValueError, OSError) as exc:
+            shown = "***" if option.secret else repr(raw)[:80]
+            raise ConfigError(f"{source}={shown} is invalid: {exc}") from None
+    kafka_config = _passthrough_from_env(environ)
+    for item in (getattr(args, "kafka_config", None) or []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--kafka-config {item.split('=')[0]!r} is invalid: write it as KEY=VALUE")
+        kafka_config[key.strip()] = value
+    values["kafka_config"] = kafka_config
+    return Settings(**values)
