@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,16 +178,14 @@ def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) 
         parser.add_argument("--kafka-config", dest="kafka_config", action="append", default=None,
                             metavar="KEY=VALUE",
                             help="librdkafka setting passed through (repeatable), e.g. security.protocol=SASL_SSL; "
-                                 f"also env {KAFKA_PASSTHROUGH_PREFIX}<KEY> with '.' as '_' and '_' as '__'")
+                                 f"also env {KAFKA_PASSTHROUGH_PREFIX}<KEY> with '.' written as '_'")
 
 
 def _passthrough_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     config = {}
     for name, value in environ.items():
         if name.startswith(KAFKA_PASSTHROUGH_PREFIX):
-            key = name[len(KAFKA_PASSTHROUGH_PREFIX):].lower()
-            key = re.sub(r"(?<!_)_(?!_)", ".", key).replace("__", "_")
-            config[key] = value
+            config[name[len(KAFKA_PASSTHROUGH_PREFIX):].lower().replace("_", ".")] = value
     return config
 
 

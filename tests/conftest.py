@@ -1,0 +1,64 @@
+"""Shared fixtures: a real Kafka broker (the project's local one unless KAFKA_BOOTSTRAP_SERVERS is set)
+and uniquely named topics that are deleted after each test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.local_kafka import LocalKafka, default_home
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration talks to real sockets: mark it so `-m "not integration"` is fast."""
+    for item in items:
+        if INTEGRATION_DIR in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    if external := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield external
+        return
+    kafka = LocalKafka(default_home())
+    was_running = kafka.pid() is not None and kafka.answers()
+    bootstrap = kafka.start()
+    yield bootstrap
+    if not was_running:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture
+def make_topic(kafka_admin: AdminClient) -> Iterator[TopicFactory]:
+    """Create uniquely named topics for one test; all of them (and their `.dlq` twins) go afterwards."""
+    created: list[str] = []
+
+    def create(partitions: int = 6, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        futures = kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield create
+    existing = set(kafka_admin.list_topics(timeout=10).topics)
+    doomed = [t for name in created for t in (name, f"{name}.dlq") if t in existing]
+    if doomed:
+        for future in kafka_admin.delete_topics(doomed, operation_timeout=30).values():
+            future.result(timeout=30)
