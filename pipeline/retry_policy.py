@@ -1,0 +1,288 @@
+"""The delivery policy, free of I/O: what an answer from Wigzo means and how long to wait.
+
+Everything here is deterministic given a clock value and a `random.Random`, so the rules that decide
+whether an event is retried, dead-lettered or held back during an outage are unit-tested exactly.
+`pipeline.wigzo_client` does the HTTP and the locking around these state machines.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from datetime import timezone
+from enum import StrEnum
+
+import requests
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"          # transient: Wigzo or the network is having trouble
+    THROTTLED = "throttled"  # 429: Wigzo is up but wants us slower
+    PERMANENT = "permanent"  # this event will never be accepted as it is: dead-letter it
+    AUTH = "auth"            # our credentials are wrong: a configuration problem, never the event's fault
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """The tunable part of delivery. Defaults suit the real Wigzo; tests pass time-scaled copies."""
+
+    retry_statuses: frozenset[int] = frozenset({408, 500, 502, 503, 504})
+    throttle_statuses: frozenset[int] = frozenset({429})
+    auth_statuses: frozenset[int] = frozenset({401, 403})
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 300.0  # a proxy asking for days must not park events that long
+    circuit_window: int = 20
+    circuit_min_calls: int = 10
+    circuit_failure_ratio: float = 0.75
+    probe_base: float = 1.0
+    probe_cap: float = 30.0
+    auth_probe_base: float = 5.0
+    auth_probe_cap: float = 60.0
+    throttle_decrease: float = 0.5
+    throttle_cooldown: float = 1.0  # one burst of 429s halves the concurrency once, not thirty times
+    gate_poll: float = 0.1
+
+    def classify_status(self, status: int) -> Verdict:
+        if 200 <= status < 300:
+            return Verdict.DELIVERED
+        if status in self.throttle_statuses:
+            return Verdict.THROTTLED
+        if status in self.auth_statuses:
+            return Verdict.AUTH
+        if status in self.retry_statuses or status >= 500:
+            return Verdict.RETRY
+        return Verdict.PERMANENT
+
+
+def classify_exception(exc: BaseException) -> Verdict:
+    """Network trouble is transient; a request that cannot even be built never will be."""
+    if isinstance(exc, (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        return Verdict.RETRY
+    if isinstance(exc, requests.RequestException):
+        return Verdict.PERMANENT
+    return Verdict.RETRY  # a bare OSError from the socket layer
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(policy: DeliveryPolicy, retry_number: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: spreads a herd of retries instead of synchronising it."""
+    ceiling = min(policy.backoff_cap, policy.backoff_base * 2 ** min(retry_number, 62))
+    return rng.uniform(0.0, ceiling)
+
+
+def retry_delay(policy: DeliveryPolicy, retry_number: int, retry_after: float | None, rng: random.Random) -> float:
+    """Never earlier than Retry-After allows; a little spread on top so waiters do not return in lockstep."""
+    if retry_after is None:
+        return backoff_delay(policy, retry_number, rng)
+    return min(retry_after, policy.retry_after_cap) + rng.uniform(0.0, policy.backoff_base)
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    CIRCUIT_OPEN = "circuit_open"
+    AUTH_FAILED = "auth_failed"
+
+
+class PermitKind(StrEnum):
+    SEND = "send"
+    PROBE = "probe"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    kind: PermitKind
+    wait: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    before: Health
+    after: Health
+
+
+class CircuitBreaker:
+    """Holds all work back while Wigzo is down or rejects our token, letting one probe through at a time.
+
+    Only answers to requests sent after the current state began move it: a stale 503 from before a
+    recovery must not reopen the circuit, and a stale 200 must not end an auth failure.
+    """
+
+    def __init__(self, policy: DeliveryPolicy, rng: random.Random) -> None:
+        self._policy = policy
+        self._rng = rng
+        self._window: deque[bool] = deque(maxlen=policy.circuit_window)  # True = failed
+        self.state = Health.HEALTHY
+        self._state_since = -math.inf
+        self._unhealthy_since = 0.0
+        self._unhealthy_total = 0.0
+        self._probe_delay = 0.0
+        self._next_probe_at = 0.0
+        self._probe_in_flight = False
+        self.served = 0  # answers that prove Wigzo works (delivered or judged the event)
+        self.last_failure = ""
+
+    def permit(self, now: float) -> Permit:
+        if self.state is Health.HEALTHY:
+            return Permit(PermitKind.SEND)
+        if self._probe_in_flight:
+            return Permit(PermitKind.WAIT, self._policy.gate_poll)
+        if now >= self._next_probe_at:
+            self._probe_in_flight = True
+            return Permit(PermitKind.PROBE)
+        return Permit(PermitKind.WAIT, self._next_probe_at - now)
+
+    def cancel_probe(self) -> None:
+        """The probing caller gave up before sending: let another waiter probe."""
+        self._probe_in_flight = False
+
+    def record(self, verdict: Verdict, sent_at: float, now: float, probe: bool, label: str = "") -> Transition | None:
+        if probe:
+            self._probe_in_flight = False
+        if verdict in (Verdict.DELIVERED, Verdict.PERMANENT):
+            self.served += 1
+        if sent_at < self._state_since:
+            return None
+        before = self.state
+        if verdict in (Verdict.DELIVERED, Verdict.PERMANENT):
+            if before is Health.HEALTHY:
+                self._window.append(False)
+                return None
+            return self._enter(Health.HEALTHY, now)
+        if verdict is Verdict.AUTH:
+            if before is not Health.AUTH_FAILED:
+                return self._enter(Health.AUTH_FAILED, now)
+            if probe:
+                self._schedule_probe(now, grow=True)
+            return None
+        if verdict is Verdict.THROTTLED:
+            if before is Health.CIRCUIT_OPEN:  # Wigzo answers again, if slowly
+                return self._enter(Health.HEALTHY, now)
+            if before is Health.AUTH_FAILED and probe:
+                self._schedule_probe(now, grow=True)
+            return None
+        self.last_failure = label
+        if before is Health.HEALTHY:
+            self._window.append(True)
+            failures = sum(self._window)
+            if (len(self._window) >= self._policy.circuit_min_calls
+                    and failures >= self._policy.circuit_failure_ratio * len(self._window)):
+                return self._enter(Health.CIRCUIT_OPEN, now)
+        elif probe:
+            self._schedule_probe(now, grow=True)
+        return None
+
+    def failures_in_window(self) -> tuple[int, int]:
+        return sum(self._window), len(self._window)
+
+    def unhealthy_seconds(self, now: float) -> float:
+        """Total time spent with the circuit open or the token rejected: retry budgets do not spend it."""
+        ongoing = now - self._unhealthy_since if self.state is not Health.HEALTHY else 0.0
+        return self._unhealthy_total + ongoing
+
+    def _enter(self, state: Health, now: float) -> Transition:
+        before = self.state
+        if before is Health.HEALTHY:
+            self._unhealthy_since = now
+        if state is Health.HEALTHY:
+            self._unhealthy_total += now - self._unhealthy_since
+            self._window.clear()
+            self._probe_in_flight = False
+        self.state = state
+        self._state_since = now
+        if state is not Health.HEALTHY:
+            self._schedule_probe(now, grow=False)
+        return Transition(before, state)
+
+    def _schedule_probe(self, now: float, grow: bool) -> None:
+        if self.state is Health.AUTH_FAILED:
+            base, cap = self._policy.auth_probe_base, self._policy.auth_probe_cap
+        else:
+            base, cap = self._policy.probe_base, self._policy.probe_cap
+        self._probe_delay = min(cap, self._probe_delay * 2) if grow else base
+        # up to 20% jitter so several pipeline instances do not probe in step
+        self._next_probe_at = now + self._probe_delay * (1.0 + 0.2 * self._rng.random())
+
+
+class ConcurrencyLimit:
+    """Additive-increase / multiplicative-decrease limit on requests in flight, driven by 429s."""
+
+    def __init__(self, policy: DeliveryPolicy, maximum: int) -> None:
+        self._policy = policy
+        self.maximum = maximum
+        self._limit = float(maximum)
+        self._last_decrease = -math.inf
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self._limit))
+
+    @property
+    def throttled(self) -> bool:
+        return self._limit < self.maximum
+
+    def on_throttled(self, now: float) -> bool:
+        """Halve the limit, at most once per cooldown; True when it changed."""
+        if now - self._last_decrease < self._policy.throttle_cooldown:
+            return False
+        self._last_decrease = now
+        self._limit = max(1.0, self._limit * self._policy.throttle_decrease)
+        return True
+
+    def on_success(self) -> None:
+        self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+
+
+@dataclass(slots=True)
+class RetryBudget:
+    """What one event may spend on retries while Wigzo serves other events.
+
+    A failure counts only if some other request was served since this event's previous attempt
+    (otherwise Wigzo is down, not the event at fault), and time counts only while the circuit is
+    closed. So an outage of any length spends nothing.
+    """
+
+    max_attempts: int
+    max_seconds: float
+    counted_failures: int = 0
+    started_at: float | None = None
+    unhealthy_at_start: float = 0.0
+
+    def spend(self, others_served: bool, now: float, unhealthy_seconds: float) -> bool:
+        """Record one retryable failure; True when the budget is exhausted."""
+        if self.started_at is None:
+            self.started_at, self.unhealthy_at_start = now, unhealthy_seconds
+        if not others_served:
+            return False
+        self.counted_failures += 1
+        return (self.counted_failures >= self.max_attempts
+                or self.healthy_seconds(now, unhealthy_seconds) >= self.max_seconds)
+
+    def healthy_seconds(self, now: float, unhealthy_seconds: float) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (now - self.started_at) - (unhealthy_seconds - self.unhealthy_at_start)

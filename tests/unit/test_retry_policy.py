@@ -1,0 +1,276 @@
+"""The delivery policy's rules, with a fixed clock and seeded randomness."""
+
+from __future__ import annotations
+
+import random
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+from pipeline.retry_policy import (
+    CircuitBreaker,
+    ConcurrencyLimit,
+    DeliveryPolicy,
+    Health,
+    PermitKind,
+    RetryBudget,
+    Transition,
+    Verdict,
+    backoff_delay,
+    classify_exception,
+    parse_retry_after,
+    retry_delay,
+)
+
+POLICY = DeliveryPolicy()
+
+
+@pytest.mark.parametrize("status, verdict", [
+    (200, Verdict.DELIVERED), (201, Verdict.DELIVERED), (204, Verdict.DELIVERED),
+    (429, Verdict.THROTTLED),
+    (401, Verdict.AUTH), (403, Verdict.AUTH),
+    (408, Verdict.RETRY), (500, Verdict.RETRY), (502, Verdict.RETRY), (503, Verdict.RETRY), (504, Verdict.RETRY),
+    (507, Verdict.RETRY),
+    (400, Verdict.PERMANENT), (404, Verdict.PERMANENT), (409, Verdict.PERMANENT), (413, Verdict.PERMANENT),
+    (422, Verdict.PERMANENT), (418, Verdict.PERMANENT), (301, Verdict.PERMANENT),
+])
+def test_each_status_has_its_default_verdict(status: int, verdict: Verdict) -> None:
+    assert POLICY.classify_status(status) is verdict
+
+
+def test_the_classifier_is_configurable() -> None:
+    policy = DeliveryPolicy(retry_statuses=frozenset({409, 503}), auth_statuses=frozenset({401}))
+    assert policy.classify_status(409) is Verdict.RETRY
+    assert policy.classify_status(403) is Verdict.PERMANENT
+
+
+@pytest.mark.parametrize("exc, verdict", [
+    (requests.ConnectTimeout(), Verdict.RETRY),
+    (requests.ReadTimeout(), Verdict.RETRY),
+    (requests.ConnectionError(), Verdict.RETRY),
+    (requests.exceptions.SSLError(), Verdict.RETRY),
+    (requests.exceptions.ChunkedEncodingError(), Verdict.RETRY),
+    (ConnectionResetError(), Verdict.RETRY),
+    (requests.exceptions.InvalidHeader(), Verdict.PERMANENT),
+])
+def test_network_trouble_is_retried_and_unbuildable_requests_are_not(exc: BaseException, verdict: Verdict) -> None:
+    assert classify_exception(exc) is verdict
+
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("header, seconds", [
+    ("120", 120.0), (" 3 ", 3.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0),
+    ("Sun, 01 Mar 2026 12:00:30 GMT", 30.0),
+    ("Sun, 01 Mar 2026 11:59:00 GMT", 0.0),   # already past: go now
+    (None, None), ("", None), ("soon", None), ("nan", None), ("inf", None),
+])
+def test_retry_after_is_read_as_seconds_or_http_date(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, NOW) == seconds
+
+
+def test_retry_after_http_date_from_formatter_roundtrips() -> None:
+    when = datetime.fromtimestamp(NOW + 90, timezone.utc)
+    assert parse_retry_after(format_datetime(when, usegmt=True), NOW) == pytest.approx(90.0)
+
+
+def test_backoff_grows_exponentially_up_to_its_cap_with_full_jitter() -> None:
+    policy = DeliveryPolicy(backoff_base=0.5, backoff_cap=8.0)
+    rng = random.Random(7)
+    for retry_number, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (4, 8.0), (10, 8.0), (10_000, 8.0)]:
+        delays = [backoff_delay(policy, retry_number, rng) for _ in range(300)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # jitter spans the whole range
+
+
+def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
+    first = [backoff_delay(POLICY, n, random.Random(1)) for n in range(5)]
+    assert first == [backoff_delay(POLICY, n, random.Random(1)) for n in range(5)]
+
+
+def test_retry_after_is_a_floor_never_shortened_and_capped_when_absurd() -> None:
+    policy = DeliveryPolicy(backoff_base=0.5, retry_after_cap=300.0)
+    rng = random.Random(3)
+    delays = [retry_delay(policy, 1, 2.0, rng) for _ in range(200)]
+    assert all(2.0 <= d <= 2.5 for d in delays)
+    assert 300.0 <= retry_delay(policy, 1, 86_400.0, rng) <= 300.5
+    assert 0.0 <= retry_delay(policy, 1, None, rng) <= 1.0
+
+
+FAST = DeliveryPolicy(circuit_window=10, circuit_min_calls=4, circuit_failure_ratio=0.75,
+                      probe_base=1.0, probe_cap=8.0, auth_probe_base=5.0, auth_probe_cap=20.0)
+
+
+def breaker() -> CircuitBreaker:
+    return CircuitBreaker(FAST, random.Random(0))
+
+
+def fail(b: CircuitBreaker, now: float, n: int = 1, probe: bool = False) -> Transition | None:
+    result = None
+    for _ in range(n):
+        result = b.record(Verdict.RETRY, sent_at=now, now=now, probe=probe, label="503") or result
+    return result
+
+
+def test_the_circuit_stays_closed_below_the_minimum_number_of_calls() -> None:
+    b = breaker()
+    assert fail(b, 1.0, 3) is None
+    assert b.state is Health.HEALTHY
+    assert b.permit(1.0).kind is PermitKind.SEND
+
+
+def test_the_circuit_opens_when_most_recent_requests_fail() -> None:
+    b = breaker()
+    b.record(Verdict.DELIVERED, 0.0, 0.0, probe=False)
+    assert fail(b, 1.0, 2) is None
+    assert fail(b, 1.0, 1) == Transition(Health.HEALTHY, Health.CIRCUIT_OPEN)  # 3 of 4 = 75%
+    assert b.last_failure == "503"
+
+
+def test_a_minority_of_failures_keeps_the_circuit_closed() -> None:
+    b = breaker()
+    for _ in range(20):
+        fail(b, 1.0, 1)
+        b.record(Verdict.DELIVERED, 1.0, 1.0, probe=False)
+        b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False)  # a 400 still proves Wigzo works
+    assert b.state is Health.HEALTHY
+
+
+def test_429_and_auth_do_not_count_as_outage_failures() -> None:
+    b = breaker()
+    for _ in range(10):
+        b.record(Verdict.THROTTLED, 1.0, 1.0, probe=False)
+    assert b.state is Health.HEALTHY and b.failures_in_window() == (0, 0)
+
+
+def test_an_open_circuit_lets_one_probe_through_after_a_growing_delay() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    permit = b.permit(10.0)
+    assert permit.kind is PermitKind.WAIT and 1.0 <= permit.wait <= 1.2
+    assert b.permit(11.3).kind is PermitKind.PROBE
+    assert b.permit(11.3).kind is PermitKind.WAIT  # only one probe at a time
+    assert fail(b, 11.5, probe=True) is None      # probe failed: wait about twice as long
+    wait = b.permit(11.5).wait
+    assert 2.0 <= wait <= 2.4
+    for now in (20.0, 40.0, 80.0):
+        assert b.permit(now).kind is PermitKind.PROBE
+        fail(b, now, probe=True)
+    assert b.permit(80.0).wait <= 8.0 * 1.2       # capped
+
+
+def test_a_successful_probe_closes_the_circuit_and_clears_the_window() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    assert b.permit(12.0).kind is PermitKind.PROBE
+    assert b.record(Verdict.DELIVERED, 12.0, 12.1, probe=True) == Transition(Health.CIRCUIT_OPEN, Health.HEALTHY)
+    assert b.permit(12.1).kind is PermitKind.SEND
+    assert b.failures_in_window() == (0, 0)
+
+
+def test_a_throttled_probe_also_closes_the_circuit() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    assert b.record(Verdict.THROTTLED, 12.0, 12.1, probe=True) == Transition(Health.CIRCUIT_OPEN, Health.HEALTHY)
+
+
+def test_answers_to_requests_sent_before_the_state_changed_are_stale() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    assert b.record(Verdict.DELIVERED, sent_at=9.0, now=10.5, probe=False) is None
+    assert b.state is Health.CIRCUIT_OPEN
+    assert b.permit(12.0).kind is PermitKind.PROBE
+    b.record(Verdict.DELIVERED, sent_at=12.0, now=12.1, probe=True)
+    for _ in range(4):  # failures of the outage arriving after the recovery
+        b.record(Verdict.RETRY, sent_at=11.5, now=12.5, probe=False)
+    assert b.state is Health.HEALTHY and b.failures_in_window() == (0, 0)
+
+
+def test_a_cancelled_probe_lets_another_caller_probe() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    assert b.permit(12.0).kind is PermitKind.PROBE
+    b.cancel_probe()
+    assert b.permit(12.0).kind is PermitKind.PROBE
+
+
+def test_a_rejected_token_pauses_everything_and_probes_slowly_until_accepted() -> None:
+    b = breaker()
+    assert b.record(Verdict.AUTH, 1.0, 1.0, probe=False) == Transition(Health.HEALTHY, Health.AUTH_FAILED)
+    assert b.record(Verdict.AUTH, 1.0, 1.1, probe=False) is None  # the rest of the burst: no second transition
+    permit = b.permit(1.1)
+    assert permit.kind is PermitKind.WAIT and permit.wait >= 5.0 - 0.1
+    assert b.permit(7.1).kind is PermitKind.PROBE
+    assert b.record(Verdict.AUTH, 7.1, 7.2, probe=True) is None
+    assert b.permit(7.2).wait >= 10.0
+    assert b.permit(20.0).kind is PermitKind.PROBE
+    assert b.record(Verdict.RETRY, 20.0, 20.1, probe=True) is None  # a 503 says nothing about the token
+    assert b.state is Health.AUTH_FAILED
+    assert b.permit(50.0).kind is PermitKind.PROBE
+    assert b.record(Verdict.DELIVERED, 50.0, 50.1, probe=True) == Transition(Health.AUTH_FAILED, Health.HEALTHY)
+
+
+def test_auth_failure_overrides_an_open_circuit() -> None:
+    b = breaker()
+    fail(b, 10.0, 4)
+    assert b.permit(12.0).kind is PermitKind.PROBE
+    assert b.record(Verdict.AUTH, 12.0, 12.1, probe=True) == Transition(Health.CIRCUIT_OPEN, Health.AUTH_FAILED)
+
+
+def test_unhealthy_time_accumulates_only_while_not_healthy() -> None:
+    b = breaker()
+    assert b.unhealthy_seconds(5.0) == 0.0
+    fail(b, 10.0, 4)
+    assert b.unhealthy_seconds(15.0) == 5.0
+    b.permit(15.0)
+    b.record(Verdict.DELIVERED, 15.0, 16.0, probe=True)
+    assert b.unhealthy_seconds(100.0) == 6.0
+    b.record(Verdict.AUTH, 100.0, 100.0, probe=False)
+    assert b.unhealthy_seconds(103.0) == 9.0
+
+
+def test_served_counts_every_answer_that_proves_wigzo_works() -> None:
+    b = breaker()
+    b.record(Verdict.DELIVERED, 0.0, 0.0, probe=False)
+    b.record(Verdict.PERMANENT, 0.0, 0.0, probe=False)
+    b.record(Verdict.RETRY, 0.0, 0.0, probe=False)
+    b.record(Verdict.THROTTLED, 0.0, 0.0, probe=False)
+    assert b.served == 2
+
+
+def test_concurrency_halves_on_429_at_most_once_per_cooldown_and_recovers_additively() -> None:
+    limit = ConcurrencyLimit(DeliveryPolicy(throttle_cooldown=1.0), maximum=32)
+    assert limit.allowed == 32 and not limit.throttled
+    assert limit.on_throttled(10.0)
+    assert not limit.on_throttled(10.5)
+    assert limit.allowed == 16 and limit.throttled
+    for now in (11.0, 12.0, 13.0, 14.0, 15.0, 16.0):
+        limit.on_throttled(now)
+    assert limit.allowed == 1
+    successes = 0
+    while limit.throttled:
+        limit.on_success()
+        successes += 1
+    assert limit.allowed == 32
+    assert 400 < successes < 600  # about 1 + 2 + ... + 31: one step per window of successes
+
+
+def test_the_budget_is_spent_only_by_failures_while_others_are_served() -> None:
+    budget = RetryBudget(max_attempts=3, max_seconds=1000.0)
+    for now in range(100):  # an outage: nobody is served
+        assert not budget.spend(others_served=False, now=float(now), unhealthy_seconds=0.0)
+    assert budget.counted_failures == 0
+    assert not budget.spend(True, 100.0, 0.0)
+    assert not budget.spend(True, 101.0, 0.0)
+    assert budget.spend(True, 102.0, 0.0)
+
+
+def test_the_time_budget_excludes_time_spent_with_the_circuit_open() -> None:
+    budget = RetryBudget(max_attempts=100, max_seconds=10.0)
+    assert not budget.spend(True, now=0.0, unhealthy_seconds=50.0)
+    assert not budget.spend(True, now=500.0, unhealthy_seconds=545.0)  # 500 s passed, 495 s of them unhealthy
+    assert budget.healthy_seconds(500.0, 545.0) == 5.0
+    assert budget.spend(True, now=506.0, unhealthy_seconds=545.0)
