@@ -97,7 +97,7 @@ def map_event(event: dict[str, Any], config: MappingConfig) -> Deliver | Skip | 
     build = CALL_BUILDERS.get(call or "")
     if build is None:
         return Rejection(stage="mapping", error_class="UnknownCallType", reason="not a Segment call type",
-                         field="type", expected="identify, track or page", found=_describe(call))
+                         field="type", expected="identify, track or page", found=_describe(event.get("type")))
     try:
         calls = build(event, config)
     except _Invalid as invalid:

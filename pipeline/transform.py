@@ -1,12 +1,71 @@
-"""Placeholder until this stage lands."""
+"""`wigzo-pipeline transform [FILE]`: print what Wigzo would receive for each Segment event, sending nothing.
+
+It runs the consumer's own decoder and mapping with the same settings, so a dry run cannot disagree with
+production. The organization token is not required: tokens are always shown as ``***``.
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import IO, Any
+from urllib.parse import urlencode
+
+import orjson
+
+from pipeline import config
+from pipeline.events import EventDecoder
+from pipeline.mapping import MappingConfig, map_event
+from pipeline.model import Deliver, PipelineError, Rejection, Skip, WigzoRequest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    config.add_options(parser)
+    parser.add_argument("file", nargs="?", default="-", metavar="FILE",
+                        help="Segment events, one JSON object per line; '-' or omitted reads standard input")
 
 
 def main(args: argparse.Namespace) -> int:
-    print("not implemented yet")
+    settings = config.load_settings(args)
+    # The input is JSON lines whatever INPUT_FORMAT says about the Kafka topics.
+    decoder = EventDecoder(replace(settings, input_formats={"*": "json"}))
+    mapping = MappingConfig.from_settings(settings)
+    topic = settings.topics[0]
+    with _lines(args.file) as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            decoded = decoder.decode(topic, line.strip())
+            decision = decoded if isinstance(decoded, Rejection) else map_event(decoded, mapping)
+            print(orjson.dumps(describe(decision, settings.wigzo_base_url)).decode(), flush=True)
     return 0
+
+
+def describe(decision: Deliver | Skip | Rejection, base_url: str) -> dict[str, Any]:
+    """One output line; the outcome names match the consumer's outcome counts."""
+    if isinstance(decision, Deliver):
+        return {"outcome": "deliver", "requests": [_show(request, base_url) for request in decision.requests]}
+    if isinstance(decision, Skip):
+        return {"outcome": "skip", "reason": decision.reason}
+    return {"outcome": "dead_letter", "stage": decision.stage, "reason": decision.message}
+
+
+def _show(request: WigzoRequest, base_url: str) -> dict[str, Any]:
+    query = urlencode(request.redacted_query(), safe="*")
+    return {"method": request.method, "url": f"{base_url.rstrip('/')}{request.path}?{query}", "json": request.body}
+
+
+@contextmanager
+def _lines(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below, after the caller is done
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path}: {exc.strerror}") from None
+    with stream:
+        yield stream
