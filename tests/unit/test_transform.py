@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -125,3 +127,9 @@ def test_event_map_from_configuration_applies(tmp_path, capsys):
 def test_unreadable_file_is_a_usage_error_not_a_traceback(tmp_path):
     with pytest.raises(PipelineError, match="cannot read .*missing.jsonl: No such file"):
         run([str(tmp_path / "missing.jsonl")])
+
+
+def test_readme_worked_example_is_this_real_output():
+    docs = (Path(__file__).parents[2] / "docs" / "mapping.md").read_text()
+    assert json.dumps(SEED_PRODUCT_VIEWED, indent=2) in docs
+    assert orjson.dumps(SEED_OUTPUT).decode() in docs
