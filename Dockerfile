@@ -3,7 +3,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY schemas ./schemas
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 pipeline
+# editable: the decoder reads schemas/ beside the package, as in a checkout
+RUN pip install --no-cache-dir -e . && useradd --system --uid 10001 pipeline
 USER pipeline
 ENTRYPOINT ["wigzo-pipeline"]
 CMD ["run"]

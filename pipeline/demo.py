@@ -1,12 +1,132 @@
-"""Placeholder until this stage lands."""
+"""`wigzo-pipeline demo`: the real pipeline, end to end, on the embedded default.
+
+Starts the local Kafka (unless KAFKA_BOOTSTRAP_SERVERS points elsewhere) and the Wigzo sandbox,
+produces a seeded sample stream to a fresh 6-partition topic, runs the consumer until the topic is
+drained, and reports what happened to every message.
+"""
+
+from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
+import time
+import uuid
+
+import orjson
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.config import load_settings
+from pipeline.consumer import Pipeline, install_signal_handlers
+from pipeline.dlq import error_headers
+from pipeline.local_kafka import LocalKafka, default_home
+from pipeline.model import Secret
+from pipeline.samples import SampleStream
+from pipeline.sandbox import SandboxControl, SandboxServer
+
+DEMO_ORG_TOKEN = "demo-org-token"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--events", type=int, default=2000, help="how many sample messages to produce")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of the demo topic")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the sample stream")
+    parser.add_argument("--max-in-flight", type=int, default=64, help="Wigzo requests in flight")
+    parser.add_argument("--latency-ms", type=int, default=5, help="the sandbox's simulated Wigzo latency")
 
 
 def main(args: argparse.Namespace) -> int:
-    print("not implemented yet")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        print(f"Kafka: using {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)")
+    else:
+        kafka = LocalKafka(default_home())
+        print("Kafka: starting the local KRaft broker (first run downloads it from Maven Central)...")
+        bootstrap = kafka.start()
+        print(f"Kafka: up at {bootstrap}")
+
+    sandbox = SandboxServer(org_token=DEMO_ORG_TOKEN, faults=None).start()
+    control = SandboxControl(sandbox.url)
+    control.set_faults(latency_ms=args.latency_ms)
+    print(f"Wigzo sandbox: {sandbox.url} (latency {args.latency_ms} ms)")
+
+    topic = f"segment-demo-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=args.partitions)])[topic].result(timeout=30)
+    samples = list(SampleStream(seed=args.seed).messages(args.events))
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
+    for sample in samples:
+        producer.produce(topic, key=sample.key, value=sample.value)
+    producer.flush(30)
+    print(f"Produced {len(samples)} sample messages to {topic} ({args.partitions} partitions): "
+          "shopper sessions, Engage audiences, other calls, disabled, invalid and garbage messages")
+
+    settings = dataclasses.replace(
+        load_settings(None, environ={}), bootstrap_servers=bootstrap, topics=(topic,),
+        group_id=f"demo-{topic}", wigzo_base_url=sandbox.url, wigzo_org_token=Secret(DEMO_ORG_TOKEN),
+        max_in_flight=args.max_in_flight)
+    pipeline = Pipeline(settings)
+    consumer = Consumer(pipeline.consumer_config())
+    install_signal_handlers(pipeline)
+    pipeline.subscribe(consumer)
+    run_started = time.monotonic()
+    try:
+        pipeline.run(consumer, stop_when=lambda: pipeline.stats.read >= len(samples) and not pipeline.outstanding())
+    finally:
+        consumer.close()
+    elapsed = time.monotonic() - run_started
+
+    _report(pipeline, control, settings.dlq_topic_for(topic), bootstrap, len(samples), elapsed)
+    sandbox.stop()
+    print(f"\nDemo finished in {time.monotonic() - started:.1f}s. Kafka keeps running; "
+          "stop it with: .venv/bin/wigzo-pipeline kafka stop")
     return 0
+
+
+def _report(pipeline: Pipeline, control: SandboxControl, dlq_topic: str, bootstrap: str, produced: int,
+            elapsed: float) -> None:
+    totals = pipeline.outcomes.totals()
+    print(f"\n== Outcomes ({pipeline.stats.read} read of {produced} produced, "
+          f"{pipeline.stats.read / elapsed:,.0f} messages/s) ==")
+    print(pipeline.outcomes.report())
+    received = control.received()
+    print(f"\nThe Wigzo sandbox accepted {len(received)} requests "
+          f"({len(control.duplicates())} idempotency keys seen more than once); "
+          f"pipeline counted {sum(totals.values())} outcomes for {pipeline.stats.read} messages")
+    print("\n== Example Wigzo requests ==")
+    shown: set[str] = set()
+    for request in received:
+        label = request["path"].rsplit("/", 1)[-1] + ":" + str(request["body"].get("eventName", ""))
+        if label in shown or len(shown) >= 5:
+            continue
+        shown.add(label)
+        print(f"POST {request['path']}  Idempotency-Key: {request['idempotency_key']}")
+        print("  " + orjson.dumps(request["body"]).decode()[:400])
+    _show_dead_letters(dlq_topic, bootstrap)
+
+
+def _show_dead_letters(dlq_topic: str, bootstrap: str, examples: int = 3) -> None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-inspect-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([dlq_topic])
+    print(f"\n== Example dead letters ({dlq_topic}) ==")
+    seen = 0
+    deadline = time.monotonic() + 15
+    stages: set[str] = set()
+    while seen < examples and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        context = error_headers(message.headers())
+        if context["stage"] in stages:
+            continue
+        stages.add(context["stage"])
+        seen += 1
+        print(f"[{context['stage']}] {context['class']}: {context['message'][:160]}")
+        print(f"  from {context['topic']}[{context['partition']}]@{context['offset']}, "
+              f"value {str(message.value())[:80]}")
+    consumer.close()

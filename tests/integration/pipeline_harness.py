@@ -1,0 +1,107 @@
+"""Helpers for end-to-end tests: produce samples, predict what Wigzo must receive, read topics back."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Message, Producer
+
+from pipeline.config import Settings
+from pipeline.consumer import Pipeline
+from pipeline.events import EventDecoder
+from pipeline.mapping import MappingConfig, map_event
+from pipeline.model import Deliver, Secret
+from pipeline.samples import SampleMessage
+
+ORG_TOKEN = "test-org-token"
+
+
+def settings_for(bootstrap: str, topic: str, sandbox_url: str, **overrides: Any) -> Settings:
+    base = Settings(bootstrap_servers=bootstrap, topics=(topic,), group_id=f"group-{uuid.uuid4().hex[:10]}",
+                    wigzo_base_url=sandbox_url, wigzo_org_token=Secret(ORG_TOKEN), max_in_flight=64,
+                    connect_timeout=2.0, read_timeout=5.0)
+    return dataclasses.replace(base, **overrides)
+
+
+def produce(bootstrap: str, topic: str, samples: Iterable[SampleMessage], timestamp_ms: int | None = None) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    count = 0
+    for sample in samples:
+        producer.produce(topic, key=sample.key, value=sample.value, timestamp=timestamp_ms or 0)
+        count += 1
+        if count % 5000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return count
+
+
+def predicted_requests(settings: Settings, topic: str, samples: Iterable[SampleMessage]) -> Counter[tuple[str, str, bytes]]:
+    """What Wigzo must receive, from the same decoder and mapping the consumer runs (the dry run)."""
+    decoder, mapping = EventDecoder(settings), MappingConfig.from_settings(settings)
+    expected: Counter[tuple[str, str, bytes]] = Counter()
+    for sample in samples:
+        event = decoder.decode(topic, sample.value)
+        if isinstance(event, dict):
+            decision = map_event(event, mapping)
+            if isinstance(decision, Deliver):
+                for request in decision.requests:
+                    key = dict(request.headers)["Idempotency-Key"]
+                    expected[(request.path, key, orjson.dumps(request.body, option=orjson.OPT_SORT_KEYS))] += 1
+    return expected
+
+
+def received_requests(received: list[dict[str, Any]]) -> Counter[tuple[str, str, bytes]]:
+    return Counter((r["path"], r["idempotency_key"], orjson.dumps(r["body"], option=orjson.OPT_SORT_KEYS))
+                   for r in received)
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every message of a topic, from the start to its end as of now."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        consumer.close()
+        return []
+    from confluent_kafka import TopicPartition
+
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
+    consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+    messages: list[Message] = []
+    positions = {p: 0 for p in ends}
+    deadline = time.monotonic() + timeout
+    while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+        for message in consumer.consume(1000, timeout=0.5):
+            if message.error() is None:
+                messages.append(message)
+                positions[message.partition()] = message.offset() + 1
+    consumer.close()
+    return messages
+
+
+def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 300.0) -> None:
+    """Run a pipeline in this thread until `done` (or the timeout, which fails the test)."""
+    consumer = Consumer(pipeline.consumer_config())
+    pipeline.subscribe(consumer)
+    deadline = time.monotonic() + timeout
+    timed_out = threading.Event()
+
+    def stop_when() -> bool:
+        if time.monotonic() > deadline:
+            timed_out.set()
+            return True
+        return done()
+
+    try:
+        pipeline.run(consumer, stop_when=stop_when)
+    finally:
+        consumer.close()
+    assert not timed_out.is_set(), f"pipeline did not finish in {timeout}s: read {pipeline.stats.read}, " \
+                                   f"outcomes {pipeline.outcomes.totals()}"

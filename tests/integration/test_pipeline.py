@@ -1,0 +1,298 @@
+"""The consumer group end to end, against the real broker and the Wigzo sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.consumer import Pipeline
+from pipeline.dlq import HEADER_PREFIX, error_headers
+from pipeline.events import EventDecoder
+from pipeline.outcomes import Outcome
+from pipeline.samples import SampleMessage, SampleStream
+from pipeline.sandbox import SandboxControl, SandboxServer
+from tests.conftest import TopicFactory
+from tests.integration.pipeline_harness import (
+    ORG_TOKEN, predicted_requests, produce, read_all, received_requests, run_until, settings_for,
+)
+
+REQUIRED_DLQ_HEADERS = {"topic", "partition", "offset", "stage", "class", "message", "attempts",
+                        "first.failure", "last.failure", "service.version"}
+
+
+@pytest.fixture
+def wigzo() -> Iterator[tuple[SandboxServer, SandboxControl]]:
+    server = SandboxServer(org_token=ORG_TOKEN).start()
+    control = SandboxControl(server.url)
+    yield server, control
+    control.close()
+    server.stop()
+
+
+def _all_done(pipeline: Pipeline, produced: int) -> bool:
+    return pipeline.stats.read >= produced and pipeline.outstanding() == 0
+
+
+def test_mixed_stream_every_message_ends_in_exactly_one_outcome(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    server, control = wigzo
+    topic = make_topic(partitions=6)
+    samples = list(SampleStream(seed=11).messages(10_000))
+    kinds = Counter(s.kind.split(":")[0] for s in samples)
+    assert {"identify", "page", "track", "screen", "group", "alias", "invalid", "garbage"} <= set(kinds)
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url)
+
+    pipeline = Pipeline(settings)
+    run_until(pipeline, lambda: _all_done(pipeline, len(samples)))
+
+    totals = pipeline.outcomes.totals()
+    assert pipeline.stats.read == len(samples)
+    assert sum(totals.values()) == len(samples), totals
+    assert received_requests(control.received()) == predicted_requests(settings, topic, samples)
+
+    dead_letters = read_all(kafka_bootstrap, settings.dlq_topic_for(topic))
+    assert len(dead_letters) == totals[Outcome.DEAD_LETTERED] > 0
+    originals = {(s.key, s.value) for s in samples}
+    stages = Counter()
+    for letter in dead_letters:
+        context = error_headers(letter.headers())
+        assert REQUIRED_DLQ_HEADERS <= set(context), context
+        assert context["topic"] == topic
+        assert (letter.key(), letter.value()) in originals, "the original bytes travel unchanged"
+        stages[context["stage"]] += 1
+    assert {"decode", "validate", "mapping"} <= set(stages)
+    assert ORG_TOKEN not in str([letter.headers() for letter in dead_letters])
+
+
+def test_each_users_events_arrive_in_produced_order_at_concurrency_64(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    server, control = wigzo
+    control.set_faults(latency_ms=1, latency_jitter_ms=8)  # uneven latency would reorder unordered delivery
+    topic = make_topic(partitions=6)
+    samples = [s for s in SampleStream(seed=3, users=20).messages(3000) if s.key and s.key != b"garbage"]
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=64)
+    pipeline = Pipeline(settings)
+    run_until(pipeline, lambda: _all_done(pipeline, len(samples)))
+
+    produced_order: dict[str, list[str]] = defaultdict(list)
+    decoder = EventDecoder(settings)
+    for sample in samples:
+        event = decoder.decode(topic, sample.value)
+        if isinstance(event, dict):
+            produced_order[sample.key.decode()].append(event["messageId"])
+    arrived: dict[str, list[str]] = defaultdict(list)
+    for request in control.received():
+        arrived[request["body"]["userId"]].append(request["idempotency_key"].split(":")[0])
+    checked = 0
+    for user, ids in produced_order.items():
+        position = {message_id: n for n, message_id in enumerate(ids)}
+        seen = [position[i] for i in arrived[user] if i in position]
+        assert seen == sorted(seen), f"{user}'s events arrived out of order"
+        checked += len(seen)
+    assert checked > 500
+
+
+def test_rebalance_mid_stream_loses_nothing(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    server, control = wigzo
+    control.set_faults(latency_ms=2)
+    topic = make_topic(partitions=6)
+    samples = list(SampleStream(seed=5).messages(4000))
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=16)
+    first, second = Pipeline(settings), Pipeline(settings)
+    finished = threading.Event()
+    all_committed = _committed_checker(kafka_bootstrap, settings.group_id, topic, 6)
+
+    def total_outcomes() -> int:
+        return first.outcomes.total() + second.outcomes.total()
+
+    def run_second() -> None:
+        while first.outcomes.total() < 800:  # join once the first member is well into the stream
+            time.sleep(0.05)
+        run_until(second, finished.is_set)
+
+    joiner = threading.Thread(target=run_second)
+    joiner.start()
+    try:
+        run_until(first, all_committed)
+    finally:
+        finished.set()
+    joiner.join(timeout=120)
+
+    assert second.stats.read > 0, "the second member must have taken partitions over"
+    expected = predicted_requests(settings, topic, samples)
+    received = received_requests(control.received())
+    missing = expected - received
+    assert not missing, f"{sum(missing.values())} requests never reached Wigzo"
+    duplicates = sum((received - expected).values())
+    dead_lettered = len(read_all(kafka_bootstrap, settings.dlq_topic_for(topic)))
+    print(f"rebalance: outcomes {total_outcomes()} for {len(samples)} messages, {duplicates} duplicate "
+          f"deliveries, {dead_lettered} dead letters")
+    assert total_outcomes() >= len(samples)
+
+
+def _everything_committed(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        consumer.close()
+    return all(tp.offset == end for tp, end in zip(committed, ends, strict=True))
+
+
+def _committed_checker(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
+    """`_everything_committed`, asked at most twice a second (it opens a client each time)."""
+    last = [0.0]
+
+    def check() -> bool:
+        if time.monotonic() - last[0] < 0.5:
+            return False
+        last[0] = time.monotonic()
+        return _everything_committed(bootstrap, group, topic, partitions)
+
+    return check
+
+
+def _run_subprocess(settings_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env,
+                                cwd=Path(__file__).resolve().parents[2], stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl],
+        tmp_path: Path) -> None:
+    server, control = wigzo
+    control.set_faults(latency_ms=3)
+    topic = make_topic(partitions=6)
+    samples = list(SampleStream(seed=9).messages(4000))
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=32)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": settings.group_id,
+           "WIGZO_BASE_URL": server.url, "WIGZO_ORG_TOKEN": ORG_TOKEN, "WIGZO_MAX_IN_FLIGHT": "32"}
+
+    log = tmp_path / "run.log"
+    victim = _run_subprocess(env, log)
+    deadline = time.monotonic() + 60
+    while control.count() < 1000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    at_kill = control.count()
+    assert 0 < at_kill, "the first run never delivered anything"
+
+    survivor = _run_subprocess(env, log)
+    deadline = time.monotonic() + 120
+    while not _everything_committed(kafka_bootstrap, settings.group_id, topic, 6) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivor.send_signal(signal.SIGTERM)
+    survivor.wait(timeout=60)
+    assert survivor.returncode == 0, log.read_text()[-2000:]
+    assert _everything_committed(kafka_bootstrap, settings.group_id, topic, 6)
+
+    expected = predicted_requests(settings, topic, samples)
+    received = received_requests(control.received())
+    assert not expected - received, "a message went missing across the crash"
+    duplicates = received - expected
+    print(f"SIGKILL after {at_kill} deliveries: {sum(duplicates.values())} duplicates from the crash window")
+    # duplicates come only from the crash window: what was in flight or finished but not yet committed
+    assert sum(duplicates.values()) <= at_kill
+
+
+def test_replay_from_a_timestamp_redelivers_exactly_that_range(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    from pipeline.replay import _run_range, resolve_ranges
+
+    server, control = wigzo
+    topic = make_topic(partitions=6)
+    stream = SampleStream(seed=21)
+    early, late = list(stream.messages(600)), list(stream.messages(400))
+    split_ms = int(time.time() * 1000)
+    produce(kafka_bootstrap, topic, early, timestamp_ms=split_ms - 60_000)
+    produce(kafka_bootstrap, topic, late, timestamp_ms=split_ms + 60_000)
+    settings = settings_for(kafka_bootstrap, topic, server.url)
+    live = Pipeline(settings)
+    run_until(live, lambda: _all_done(live, 1000))
+    control.reset()
+
+    from datetime import UTC, datetime
+
+    since = datetime.fromtimestamp(split_ms / 1000, UTC).isoformat()
+    ranges = resolve_ranges(settings, topic, since=since, until=None, offsets=None)
+    assert sum(end - start for start, end in ranges.values()) == len(late)
+    replay = _run_range(settings, ranges, f"{settings.group_id}.replay", commit=False)
+    assert replay.stats.read == len(late)
+    assert received_requests(control.received()) == predicted_requests(settings, topic, late)
+    assert _everything_committed(kafka_bootstrap, settings.group_id, topic, 6), "live group untouched"
+
+
+def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    from pipeline.replay import RedriveFilter, _run_range, redrive_ranges
+
+    server, control = wigzo
+    control.set_faults(reject_event_names=["addtocart", "removedfromcart"])  # the strict rule is on
+    topic = make_topic(partitions=3)
+    samples = list(SampleStream(seed=4).messages(1500))
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url)
+    live = Pipeline(settings)
+    run_until(live, lambda: _all_done(live, len(samples)))
+    dlq = settings.dlq_topic_for(topic)
+    first_letters = read_all(kafka_bootstrap, dlq)
+    rejected = [m for m in first_letters if error_headers(m.headers())["stage"] == "delivery"]
+    assert rejected and all(error_headers(m.headers())["http.status"] == "400" for m in rejected)
+
+    control.set_faults(reject_event_names=["removedfromcart"])  # fixed for addtocart only
+    before = control.count()
+    group = f"{settings.group_id}.redrive"
+    redrive = _run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
+                         select=RedriveFilter(stage="delivery"))
+    totals = redrive.outcomes.totals()
+    delivered_now = control.received()[before:]
+    assert totals[Outcome.DELIVERED] == len(delivered_now) > 0
+    assert {r["body"]["eventName"] for r in delivered_now} == {"addtocart"}
+    first_positions = {(m.partition(), m.offset()) for m in first_letters}
+    again = [m for m in read_all(kafka_bootstrap, dlq) if (m.partition(), m.offset()) not in first_positions]
+    assert len(again) == totals[Outcome.DEAD_LETTERED] > 0
+    for letter in again:
+        context = error_headers(letter.headers())
+        assert context["attempts"] == "2" and context["topic"] == topic
+        assert not any(k.startswith(HEADER_PREFIX) and k.count(HEADER_PREFIX) > 1 for k, _ in letter.headers())
+    second = _run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
+                        select=RedriveFilter(stage="delivery", error_class="no-such-class"))
+    assert second.outcomes.totals()[Outcome.DELIVERED] == 0, "a second redrive resumes after the first"
+
+
+def test_unwritable_dead_letter_topic_halts_without_committing(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    from pipeline.dlq import DeadLetterWriteError
+
+    server, _ = wigzo
+    topic = make_topic(partitions=1)
+    produce(kafka_bootstrap, topic, [SampleMessage(b"k", b"not an event %d" % n, "garbage") for n in range(20)])
+    settings = settings_for(kafka_bootstrap, topic, server.url, dlq_topic="bad topic name!")
+    settings = dataclasses.replace(settings, kafka_config={"message.timeout.ms": "3000"})
+    pipeline = Pipeline(settings)
+    with pytest.raises(DeadLetterWriteError):
+        run_until(pipeline, lambda: False, timeout=60)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": settings.group_id})
+    committed = consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    consumer.close()
+    assert committed < 0, "nothing may be committed once the dead-letter topic fails"
