@@ -1,0 +1,335 @@
+"""WigzoClient against the sandbox over real HTTP: every row of the classifier, Retry-After, the circuit,
+a 401 phase, bounded timeouts, pooling, and a 60-second outage that dead-letters nothing."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.model import Secret, WigzoRequest
+from pipeline.retry_policy import DeliveryPolicy
+from pipeline.wigzo_client import Aborted, Delivered, DeliveryFailed, DeliveryResult, WigzoClient
+from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
+
+pytestmark = pytest.mark.integration
+
+FAST = DeliveryPolicy(backoff_base=0.05, backoff_cap=0.2, probe_base=0.1, probe_cap=0.5,
+                      auth_probe_base=0.2, auth_probe_cap=0.5, gate_poll=0.02)
+HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+$")
+
+
+def settings(url: str, **overrides: Any) -> Settings:
+    base = Settings(wigzo_base_url=url, wigzo_org_token=Secret(SANDBOX_ORG_TOKEN), max_in_flight=16,
+                    connect_timeout=2.0, read_timeout=5.0, max_attempts=5, retry_budget_seconds=30.0)
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+def make_client(sandbox: Sandbox) -> Iterator[Any]:
+    clients: list[WigzoClient] = []
+
+    def make(policy: DeliveryPolicy = FAST, url: str | None = None, **overrides: Any) -> WigzoClient:
+        client = WigzoClient(settings(url or sandbox.url, **overrides), policy=policy)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def identify(key: str, user: str = "u1", **body: Any) -> WigzoRequest:
+    return WigzoRequest("POST", "/rest/v1/learn/identify", (("org_token", SANDBOX_ORG_TOKEN),),
+                        {"userId": user, "email": f"{user}@example.com", **body}, (("Idempotency-Key", key),))
+
+
+def deliver_all(client: WigzoClient, requests: Sequence[WigzoRequest], workers: int,
+                stop: threading.Event | None = None) -> list[DeliveryResult]:
+    stop = stop or threading.Event()
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda r: client.deliver(r, stop), requests))
+
+
+def wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG, logger="pipeline.wigzo_client")
+    yield
+    assert SANDBOX_ORG_TOKEN not in caplog.text
+
+
+def test_a_delivered_request_carries_its_idempotency_key_and_user_agent(sandbox: Sandbox, make_client: Any) -> None:
+    client = make_client()
+    assert client.deliver(identify("msg-1"), threading.Event()) == Delivered(200, 1)
+    [record] = sandbox.control.received()
+    assert record["idempotency_key"] == "msg-1"
+    assert record["user_agent"].startswith("segment-wigzo/")
+    assert client.state == "healthy" and client.accepting_work()
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_until_delivered(sandbox: Sandbox, make_client: Any, status: int) -> None:
+    sandbox.control.set_faults(fail_first_attempts=2, fail_with=str(status))
+    assert make_client().deliver(identify("k"), threading.Event()) == Delivered(200, 3)
+    assert [a["outcome"] for a in sandbox.control.attempts()] == [status, status, 200]
+    assert sandbox.control.duplicates() == {}
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 422, 418])
+def test_other_4xx_are_permanent_for_the_event(sandbox: Sandbox, make_client: Any, status: int) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with=str(status))
+    result = make_client().deliver(identify("k"), threading.Event())
+    assert isinstance(result, DeliveryFailed)
+    assert result.rejection.stage == "delivery"
+    assert result.rejection.error_class == f"HttpStatus{status}" and result.rejection.http_status == status
+    assert f"injected HTTP {status}" in result.rejection.reason  # a snippet of Wigzo's body
+    assert result.attempts == 1 and len(result.history) == 1 and result.history[0].endswith(f" {status}")
+    assert HISTORY_LINE.match(result.history[0]) and result.first_failure == result.last_failure
+    assert len(sandbox.control.attempts()) == 1  # not retried
+
+
+def test_a_validation_error_names_the_field_in_the_dead_letter_reason(sandbox: Sandbox, make_client: Any) -> None:
+    request = replace(identify("k"), body={"userId": "u1"})
+    result = make_client().deliver(request, threading.Event())
+    assert isinstance(result, DeliveryFailed)
+    assert "email or phone is required" in result.rejection.reason
+    assert SANDBOX_ORG_TOKEN not in repr(result)
+
+
+def test_the_unknown_route_404_is_permanent(sandbox: Sandbox, make_client: Any) -> None:
+    request = replace(identify("k"), path="/rest/v1/learn/nope")
+    result = make_client().deliver(request, threading.Event())
+    assert isinstance(result, DeliveryFailed) and result.rejection.http_status == 404
+
+
+def test_a_dropped_connection_is_retried(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with="drop")
+    assert make_client().deliver(identify("k"), threading.Event()) == Delivered(200, 2)
+
+
+def test_a_hanging_request_is_cut_by_the_read_timeout_and_retried(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with="hang")
+    started = time.monotonic()
+    assert make_client(read_timeout=0.3).deliver(identify("k"), threading.Event()) == Delivered(200, 2)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_timeouts_bound_every_attempt_while_wigzo_hangs(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(hang_rate=1.0)
+    stop = threading.Event()
+    client = make_client(read_timeout=0.2)
+    outcome: list[DeliveryResult] = []
+    worker = threading.Thread(target=lambda: outcome.append(client.deliver(identify("k"), stop)))
+    worker.start()
+    time.sleep(1.5)
+    stop.set()
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    [result] = outcome
+    assert isinstance(result, Aborted)  # nobody else was served: an outage, not the event's fault
+    # without a read timeout the first attempt would still be hanging
+    assert result.attempts >= 3 and len(sandbox.control.attempts()) == result.attempts
+
+
+def test_429_waits_at_least_retry_after_and_slows_the_whole_client(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with="429", retry_after_s=1)
+    client = make_client(max_in_flight=4)
+    assert client.deliver(identify("k"), threading.Event()) == Delivered(200, 2)
+    first, second = sandbox.control.attempts()
+    assert (first["outcome"], second["outcome"]) == (429, 200)
+    assert second["received_at"] - first["received_at"] >= 1.0
+    assert client.state == "throttled" and client.accepting_work()
+    sandbox.control.set_faults(fail_first_attempts=0)
+    results = deliver_all(client, [identify(f"r{n}") for n in range(40)], workers=4)
+    assert all(isinstance(r, Delivered) for r in results)
+    assert client.state == "healthy"  # the concurrency limit grew back with successes
+
+
+def test_429_never_spends_the_retry_budget(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(fail_first_attempts=4, fail_with="429", retry_after_s=0)
+    assert make_client(max_attempts=1).deliver(identify("k"), threading.Event()) == Delivered(200, 5)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_rejected_token_pauses_delivery_and_then_resumes(sandbox: Sandbox, make_client: Any, status: int) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with=str(status))
+    result = make_client().deliver(identify("k"), threading.Event())
+    assert result == Delivered(200, 2)
+
+
+def test_a_401_phase_dead_letters_nothing_and_logs_one_error(
+        sandbox: Sandbox, make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    sandbox.control.set_faults(unauthorized=True)
+    client = make_client(max_attempts=1, retry_budget_seconds=0.1)
+    stop = threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.deliver, identify(f"k{n}", f"user{n}"), stop) for n in range(20)]
+        wait_for(lambda: client.state == "auth_failed")
+        assert not client.accepting_work()
+        time.sleep(1.0)  # several slow probes, all rejected
+        assert not any(f.done() for f in futures)
+        assert len(sandbox.control.attempts()) <= 8 + 6  # the first wave, then one probe at a time
+        sandbox.control.set_faults(unauthorized=False)
+        results = [f.result(timeout=10) for f in futures]
+    assert all(isinstance(r, Delivered) for r in results)
+    assert sandbox.control.count() == 20
+    assert client.state == "healthy"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].getMessage().startswith(
+        "the Wigzo token was rejected (HTTP 401): check WIGZO_ORG_TOKEN / WIGZO_API_TOKEN")
+    assert any("accepts the token again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_circuit_opens_during_an_outage_and_closes_when_wigzo_answers(
+        sandbox: Sandbox, make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client = make_client(max_attempts=2, retry_budget_seconds=0.5)
+    stop = threading.Event()
+    sandbox.control.set_faults(outage_seconds=2.0)
+    states: set[str] = set()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.deliver, identify(f"k{n}", f"user{n}"), stop) for n in range(40)]
+        while not all(f.done() for f in futures):
+            states.add(client.state)
+            if client.state == "circuit_open":
+                assert not client.accepting_work()
+            time.sleep(0.01)
+    results = [f.result() for f in futures]
+    assert "circuit_open" in states
+    assert all(isinstance(r, Delivered) for r in results)
+    assert sandbox.control.count() == 40 and sandbox.control.duplicates() == {}
+    failed = [a for a in sandbox.control.attempts() if a["outcome"] == 503]
+    # with the circuit open only probes go out: 40 events retrying every <=0.2 s for 2 s would be ~400+
+    assert len(failed) < 60
+    assert client.state == "healthy" and client.accepting_work()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Wigzo is failing") for m in messages)
+    assert any("circuit closed" in m for m in messages)
+
+
+def test_an_event_that_keeps_failing_while_others_succeed_is_dead_lettered_with_its_history(
+        sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(error_rate=0.5)
+    client = make_client(max_attempts=2)
+    results = deliver_all(client, [identify(f"k{n}", f"user{n}") for n in range(120)], workers=8)
+    failed = [r for r in results if isinstance(r, DeliveryFailed)]
+    delivered = [r for r in results if isinstance(r, Delivered)]
+    assert failed and delivered and len(failed) + len(delivered) == 120
+    for result in failed:
+        assert result.rejection.error_class == "RetryBudgetExhausted"
+        assert result.rejection.http_status in (500, 503)
+        assert result.attempts >= 2 and len(result.history) == result.attempts
+        assert all(HISTORY_LINE.match(line) for line in result.history)
+        assert result.first_failure < result.last_failure
+        assert "injected HTTP 50" in result.rejection.reason
+    assert sandbox.control.count() == len(delivered)
+
+
+def test_stop_interrupts_a_retry_after_wait(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with="429", retry_after_s=30)
+    client = make_client()
+    stop = threading.Event()
+    outcome: list[DeliveryResult] = []
+    worker = threading.Thread(target=lambda: outcome.append(client.deliver(identify("k"), stop)))
+    worker.start()
+    wait_for(lambda: len(sandbox.control.attempts()) == 1)
+    stop.set()
+    worker.join(timeout=5)
+    assert outcome == [Aborted(1)]
+
+
+def test_stop_interrupts_the_wait_for_an_open_circuit(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(outage_seconds=30)
+    client = make_client()
+    stop = threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        futures: list[Future[DeliveryResult]] = [pool.submit(client.deliver, identify(f"k{n}"), stop)
+                                                 for n in range(16)]
+        wait_for(lambda: client.state == "circuit_open")
+        stop.set()
+        results = [f.result(timeout=5) for f in futures]
+    assert all(isinstance(r, Aborted) for r in results)
+    assert sandbox.control.count() == 0
+
+
+def test_the_pool_keeps_one_connection_per_request_in_flight(sandbox: Sandbox, make_client: Any) -> None:
+    sandbox.control.set_faults(latency_ms=100)
+    client = make_client(max_in_flight=32)
+    opened = sandbox.control.stats()["connections_opened"]
+    results = deliver_all(client, [identify(f"k{n}") for n in range(32)], workers=32)
+    assert all(isinstance(r, Delivered) for r in results)
+    assert sandbox.control.stats()["connections_opened"] - opened == 32  # all 32 were in flight at once
+    sandbox.control.set_faults(latency_ms=2)
+    results = deliver_all(client, [identify(f"m{n}") for n in range(600)], workers=32)
+    assert all(isinstance(r, Delivered) for r in results)
+    # requests' default pool of 10 would have closed and reopened connections all along
+    assert sandbox.control.stats()["connections_opened"] - opened == 32
+
+
+def test_network_errors_never_leak_the_tokens(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    client = make_client(url=url)
+    stop = threading.Event()
+    results = []
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(client.deliver, identify(f"k{n}"), stop) for n in range(12)]
+        wait_for(lambda: client.state == "circuit_open")
+        stop.set()
+        results = [f.result(timeout=5) for f in futures]
+    assert all(isinstance(r, Aborted) for r in results)
+    warning = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Wigzo is failing"))
+    assert "ConnectionError" in warning and "org_token=***" in warning
+    # the autouse fixture checks the token never reached the log
+
+
+def test_a_60_second_outage_dead_letters_nothing_and_delivers_every_event_after(
+        sandbox: Sandbox, make_client: Any) -> None:
+    """A stream of events before, during and after a real 60 s outage of the sandbox.
+
+    The budgets are tiny (2 attempts, 1 s) so that any retry counted during the outage would
+    dead-letter events: none may be.
+    """
+    policy = replace(FAST, probe_cap=2.0)
+    client = make_client(policy=policy, max_in_flight=32, max_attempts=2, retry_budget_seconds=1.0)
+    stop = threading.Event()
+    states: set[str] = set()
+    futures: list[Future[DeliveryResult]] = []
+    started = time.monotonic()
+    outage_started = 0.0
+    with ThreadPoolExecutor(32) as pool:
+        n = 0
+        while (elapsed := time.monotonic() - started) < 66.0:  # 3 s healthy, 60 s outage, 3 s after
+            if not outage_started and elapsed >= 3.0:
+                sandbox.control.set_faults(outage_seconds=60.0)
+                outage_started = time.monotonic()
+            futures.append(pool.submit(client.deliver, identify(f"k{n}", f"user{n % 50}"), stop))
+            n += 1
+            states.add(client.state)
+            time.sleep(0.1)
+        results = [f.result(timeout=60) for f in futures]
+    assert "circuit_open" in states
+    assert all(isinstance(r, Delivered) for r in results), [r for r in results if not isinstance(r, Delivered)][:3]
+    assert sandbox.control.count() == len(futures) and sandbox.control.duplicates() == {}
+    attempts = sandbox.control.attempts()
+    outage = [a["received_at"] for a in attempts if a["outcome"] == 503]
+    assert max(outage) - min(outage) >= 55.0  # the outage really lasted (probes kept finding it down)
+    assert len(outage) < 200  # probes, not a storm of retries
+    assert client.state == "healthy"
