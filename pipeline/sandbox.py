@@ -33,8 +33,8 @@ hang, drop, throttle, error; then the token and body checks and reject_event_nam
 every answer.
 
 The server is a small asyncio HTTP/1.1 implementation (keep-alive, Content-Length bodies) rather
-than `http.server`: a thread per connection and per-request parsing overhead kept the stdlib server
-near the throughput of the pipeline it is meant to measure, and injected latency must not hold threads.
+than `http.server`, so that injected latency and hanging requests hold no threads, and so that the
+sandbox is never the bottleneck of a benchmark (bench/bench_sandbox.py: ~36k requests/s on 2 cores).
 """
 
 from __future__ import annotations
