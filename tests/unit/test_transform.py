@@ -130,6 +130,6 @@ def test_unreadable_file_is_a_usage_error_not_a_traceback(tmp_path):
 
 
 def test_readme_worked_example_is_this_real_output():
-    docs = (Path(__file__).parents[2] / "docs" / "mapping.md").read_text()
+    docs = (Path(__file__).parents[2] / "README.md").read_text()
     assert json.dumps(SEED_PRODUCT_VIEWED, indent=2) in docs
     assert orjson.dumps(SEED_OUTPUT).decode() in docs
