@@ -141,6 +141,9 @@ class LocalKafka:
         """Start the broker unless it runs already; return the bootstrap address once it answers."""
         if self.pid() is not None and self.answers():
             return self.bootstrap
+        if self.answers(timeout=1.0):
+            raise LocalKafkaError(f"another Kafka already listens on {self.bootstrap} (not started from {self.home}): "
+                                  "stop it, or set KAFKA_BOOTSTRAP_SERVERS to use it instead")
         self.install()
         config = self._write_config()
         self._format_storage(config)
