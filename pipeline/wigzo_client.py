@@ -248,6 +248,8 @@ class WigzoClient:
         except OSError as exc:  # requests' exceptions are OSErrors too
             return _Attempt(classify_exception(exc), None, type(exc).__name__, self._scrub(_one_line(str(exc))))
         verdict = self._policy.classify_status(response.status_code)
+        if verdict is Verdict.DELIVERED:  # the hot path: a success's body and headers tell us nothing more
+            return _Attempt(verdict, response.status_code, str(response.status_code), "")
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
         return _Attempt(verdict, response.status_code, str(response.status_code),
                         self._scrub(_one_line(response.text)), retry_after)

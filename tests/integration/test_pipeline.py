@@ -296,3 +296,23 @@ def test_unwritable_dead_letter_topic_halts_without_committing(
     committed = consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
     consumer.close()
     assert committed < 0, "nothing may be committed once the dead-letter topic fails"
+
+
+def test_a_wigzo_outage_pauses_consumption_and_dead_letters_nothing(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    server, control = wigzo
+    topic = make_topic(partitions=6)
+    samples = list(SampleStream(seed=13).messages(1500))
+    produce(kafka_bootstrap, topic, samples)
+    settings = settings_for(kafka_bootstrap, topic, server.url)
+    expected = predicted_requests(settings, topic, samples)
+    deliverable_stages = Counter()
+    control.set_faults(outage_seconds=8)  # Wigzo answers 503 to everything for 8 seconds
+    pipeline = Pipeline(settings)
+    run_until(pipeline, lambda: _all_done(pipeline, len(samples)), timeout=180)
+
+    assert received_requests(control.received()) == expected, "everything arrives after the outage"
+    for letter in read_all(kafka_bootstrap, settings.dlq_topic_for(topic)):
+        deliverable_stages[error_headers(letter.headers())["stage"]] += 1
+    assert deliverable_stages["delivery"] == 0, "an outage must not dead-letter anything"
+    assert any(a["outcome"] == 503 for a in control.attempts()), "the outage really happened"
