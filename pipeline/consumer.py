@@ -75,13 +75,12 @@ class RunStats:
 class Pipeline:
     """The processing core shared by `run`, `replay`, `redrive` and the demo."""
 
-    def __init__(self, settings: Settings, *, outcomes: OutcomeCounter | None = None,
-                 client: WigzoClient | None = None, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, commit: bool = True,
                  select: Callable[[Message], KafkaRecord | Skip] | None = None) -> None:
         settings.require_org_token()
         self.settings = settings
-        self.outcomes = outcomes or OutcomeCounter()
+        self.outcomes = OutcomeCounter()
         self.stats = RunStats()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -89,7 +88,7 @@ class Pipeline:
         self._select = select
         self._decoder = EventDecoder(settings)
         self._mapping = MappingConfig.from_settings(settings)
-        self._client = client or WigzoClient(settings)
+        self._client = WigzoClient(settings, clock=clock, wall_clock=wall_clock)
         self._dlq = DeadLetterWriter(settings, secrets=(settings.wigzo_org_token.reveal(),
                                                         settings.wigzo_api_token.reveal()))
         self._executor = OrderedExecutor(settings.max_in_flight)
@@ -107,9 +106,9 @@ class Pipeline:
 
     def consumer_config(self, group_id: str | None = None) -> dict[str, Any]:
         return {
-            **{"group.id": group_id or self.settings.group_id,
-               "auto.offset.reset": self.settings.auto_offset_reset,
-               "client.id": "segment-wigzo"},
+            "group.id": group_id or self.settings.group_id,
+            "auto.offset.reset": self.settings.auto_offset_reset,
+            "client.id": "segment-wigzo",
             **self.settings.kafka_client_config(),
             # correctness depends on these, so the pass-through cannot override them
             "enable.auto.commit": False,
@@ -132,6 +131,10 @@ class Pipeline:
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -216,9 +219,9 @@ class Pipeline:
         if isinstance(record, Skip):
             self._finish(state, offset, Outcome.SKIPPED, record.reason)
         else:
-            self.process(state, record, offset)
+            self._process(state, record, offset)
 
-    def process(self, state: PartitionState, record: KafkaRecord, offset: int) -> None:
+    def _process(self, state: PartitionState, record: KafkaRecord, offset: int) -> None:
         """Route one record to exactly one outcome (possibly later, for deliveries and dead letters).
         `offset` is the position tracked for commits: the record's own, except in redrive."""
         event = self._decode(record)
@@ -406,7 +409,7 @@ def install_signal_handlers(pipeline: Pipeline) -> None:
     """First SIGTERM/SIGINT: drain, commit, exit 0. Second: exit at once, committing nothing more."""
 
     def handle(signum: int, _frame: object) -> None:
-        if pipeline._shutdown.is_set():
+        if pipeline.shutting_down:
             log.warning("second signal: exiting now without committing unfinished work")
             os._exit(128 + signum)
         log.info("signal %d: draining in-flight deliveries and committing; signal again to exit at once", signum)
@@ -434,6 +437,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
     totals = pipeline.outcomes.totals()
-    log.info("stopped: read %d, %s", pipeline.stats.read,
-             ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()))
+    log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
+             "after their partition was released (may be delivered again)", pipeline.stats.read,
+             ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
+             pipeline.stats.aborted, pipeline.stats.duplicate_risk)
     return 0
