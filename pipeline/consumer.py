@@ -338,6 +338,14 @@ class Pipeline:
             self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
         self._paused = wanted
 
+    def _wait_for_workers(self, states: list[PartitionState]) -> None:
+        deadline = self._clock() + self._drain_bound
+        while any(s.in_executor for s in states) and self._clock() < deadline:
+            time.sleep(0.01)
+            self._drain_completions()
+            self._dlq.poll()
+        self._drain_completions()
+
     def _commit(self, keys: Iterable[PartitionKey]) -> None:
         self._last_commit = self._clock()
         if self._consumer is None or not self._commit_enabled:
@@ -363,22 +371,27 @@ class Pipeline:
             state.committed = tp.offset
 
     def _release(self, keys: list[PartitionKey], *, commit: bool) -> None:
-        """Stop new work for these partitions, let in-flight requests finish (bounded), make their
-        dead letters durable, commit what is finished, and forget them."""
+        """Finish the work already read for these partitions (bounded), make their dead letters durable,
+        commit what is finished, and forget them.
+
+        Work left unfinished is redone by the partition's next owner, and so is every finished message
+        behind it (one commit offset per partition), so draining first is what keeps a clean rebalance
+        free of duplicates. While Wigzo is down there is nothing to drain: stop at once."""
         states = [self._partitions[k] for k in keys if k in self._partitions]
+        if commit and self._client.accepting_work() and not self._failed:
+            self._wait_for_workers(states)
         for state in states:
-            state.stop.set()
-        deadline = self._clock() + self._drain_bound
-        while any(s.in_executor for s in states) and self._clock() < deadline:
-            time.sleep(0.01)
-            self._drain_completions()
-            self._dlq.poll()
-        self._drain_completions()
+            state.stop.set()  # no new attempts; requests on the wire complete or time out
+        self._wait_for_workers(states)
         if commit and not self._failed:
             if not self._dlq.flush(timeout=30.0):
                 raise PipelineError("dead letters were not acknowledged within 30s; not committing")
             self._drain_completions()
             self._commit(keys)
+        # librdkafka keeps a partition's pause flag across unassign and assign: clear ours before letting go,
+        # or a partition we get back later would stay paused with nobody to resume it
+        if self._consumer is not None and (paused := [k for k in keys if k in self._paused]):
+            self._consumer.resume([TopicPartition(t, p) for t, p in paused])
         for key in keys:
             if (state := self._partitions.pop(key, None)) is not None:
                 state.released = True
