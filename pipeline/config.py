@@ -124,7 +124,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float, 300.0,
            "seconds an event may keep retrying before it is dead-lettered (same condition)"),
     Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
-           _positive_int, 1000, "messages read but not finished per partition before it is paused"),
+           _positive_int, 250, "messages read but not finished per partition before it is paused"),
 )
 
 
@@ -150,7 +150,7 @@ class Settings:
     ca_bundle: str = ""
     max_attempts: int = 10
     retry_budget_seconds: float = 300.0
-    max_pending_per_partition: int = 1000
+    max_pending_per_partition: int = 250
     kafka_config: Mapping[str, str] = field(default_factory=dict)
 
     def dlq_topic_for(self, source_topic: str) -> str:

@@ -36,7 +36,7 @@ from pipeline.wigzo_client import Aborted, Delivered, DeliveryFailed, DeliveryRe
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500
+BATCH_SIZE = 200
 POLL_TIMEOUT = 0.05
 COMMIT_INTERVAL = 1.0
 REGISTRY_PATIENCE = 120.0  # well under max.poll.interval.ms (300 s), so the group keeps us meanwhile

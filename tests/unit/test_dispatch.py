@@ -51,3 +51,16 @@ def test_unkeyed_tasks_and_a_raising_task_do_not_stall_the_chain() -> None:
     executor.submit(None, lambda: done.append(2))
     executor.shutdown()
     assert sorted(done) == [1, 2]
+
+
+def test_workers_take_the_oldest_ready_task_first() -> None:
+    """The oldest unfinished message caps the commit position, so it must not wait behind newer work."""
+    executor = OrderedExecutor(workers=1)
+    release = threading.Event()
+    order: list[str] = []
+    executor.submit("a", lambda: (release.wait(5), order.append("a0")))
+    for key, label in (("b", "b1"), ("c", "c2"), ("a", "a3"), ("d", "d4"), ("b", "b5")):
+        executor.submit(key, lambda label=label: order.append(label))
+    release.set()
+    executor.shutdown()
+    assert order == ["a0", "b1", "c2", "a3", "d4", "b5"]
