@@ -50,8 +50,11 @@ class OrderedExecutor:
             self._work_ready.notify()
 
     def _work(self) -> None:
+        finished: Hashable | None = None
         while True:
             with self._lock:
+                if finished is not None:
+                    self._release_key(finished)
                 while not self._ready:
                     self._work_ready.wait()
                 _, key, task = heapq.heappop(self._ready)
@@ -61,18 +64,26 @@ class OrderedExecutor:
                 task()  # type: ignore[operator]
             except Exception:  # a task reports its own outcome; reaching here is a bug, so keep the worker alive
                 log.exception("delivery task raised")
-            with self._lock:
-                self._unfinished -= 1
-                if key is not None:
-                    queue = self._waiting[key]
-                    if queue:
-                        sequence, following = queue.popleft()
-                        heapq.heappush(self._ready, (sequence, key, following))
-                        self._work_ready.notify()
-                    else:
-                        del self._waiting[key]
-                if not self._unfinished:
-                    self._idle.notify_all()
+            finished = key
+            if key is None:
+                with self._lock:
+                    self._task_done()
+
+    def _release_key(self, key: Hashable) -> None:
+        """Make the key's next task ready; this worker picks up the oldest ready task itself, so no
+        other thread needs waking (a thread handoff per task costs more than the task's bookkeeping)."""
+        queue = self._waiting[key]
+        if queue:
+            sequence, following = queue.popleft()
+            heapq.heappush(self._ready, (sequence, key, following))
+        else:
+            del self._waiting[key]
+        self._task_done()
+
+    def _task_done(self) -> None:
+        self._unfinished -= 1
+        if not self._unfinished:
+            self._idle.notify_all()
 
     def shutdown(self) -> None:
         """Run every submitted task, then stop the workers."""
