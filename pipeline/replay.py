@@ -126,7 +126,7 @@ class Progress:
               f"ETA {eta:,.0f}s   ", end=end, file=sys.stderr, flush=True)
 
 
-def _run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool,
+def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool,
                select: Callable[[Message], Message | Skip] | None = None) -> Pipeline:
     pipeline = Pipeline(settings, commit=commit, select=select)
     consumer = Consumer(pipeline.consumer_config(group_id))
@@ -177,7 +177,7 @@ def replay_main(args: argparse.Namespace) -> int:
     print_ranges(ranges)
     if args.dry_run:
         return 0
-    pipeline = _run_range(settings, ranges, f"{settings.group_id}.replay-{int(time.time())}", commit=False)
+    pipeline = run_range(settings, ranges, f"{settings.group_id}.replay-{int(time.time())}", commit=False)
     _report("replay finished", pipeline)
     return 0
 
@@ -321,7 +321,7 @@ def redrive_main(args: argparse.Namespace) -> int:
                            parse_time(args.failed_until) if args.failed_until else None)
     ranges = redrive_ranges(settings, dlq_topic, group)
     print_ranges(ranges)
-    pipeline = _run_range(settings, ranges, group, commit=True, select=select)
+    pipeline = run_range(settings, ranges, group, commit=True, select=select)
     _report(f"redrive of {dlq_topic} finished", pipeline)
     return 0
 

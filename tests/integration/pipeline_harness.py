@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.consumer import Pipeline
@@ -70,8 +70,6 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]
     if metadata is None or metadata.error is not None:
         consumer.close()
         return []
-    from confluent_kafka import TopicPartition
-
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
     messages: list[Message] = []

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.consumer import Pipeline
-from pipeline.dlq import HEADER_PREFIX, error_headers
+from pipeline.dlq import HEADER_PREFIX, DeadLetterWriteError, error_headers
 from pipeline.events import EventDecoder
 from pipeline.outcomes import Outcome
+from pipeline.replay import RedriveFilter, redrive_ranges, resolve_ranges, run_range
 from pipeline.samples import SampleMessage, SampleStream
 from pipeline.sandbox import SandboxControl, SandboxServer
 from tests.conftest import TopicFactory
@@ -221,8 +223,6 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly
 
 def test_replay_from_a_timestamp_redelivers_exactly_that_range(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
-    from pipeline.replay import _run_range, resolve_ranges
-
     server, control = wigzo
     topic = make_topic(partitions=6)
     stream = SampleStream(seed=21)
@@ -235,12 +235,10 @@ def test_replay_from_a_timestamp_redelivers_exactly_that_range(
     run_until(live, lambda: _all_done(live, 1000))
     control.reset()
 
-    from datetime import UTC, datetime
-
     since = datetime.fromtimestamp(split_ms / 1000, UTC).isoformat()
     ranges = resolve_ranges(settings, topic, since=since, until=None, offsets=None)
     assert sum(end - start for start, end in ranges.values()) == len(late)
-    replay = _run_range(settings, ranges, f"{settings.group_id}.replay", commit=False)
+    replay = run_range(settings, ranges, f"{settings.group_id}.replay", commit=False)
     assert replay.stats.read == len(late)
     assert received_requests(control.received()) == predicted_requests(settings, topic, late)
     assert _everything_committed(kafka_bootstrap, settings.group_id, topic, 6), "live group untouched"
@@ -248,8 +246,6 @@ def test_replay_from_a_timestamp_redelivers_exactly_that_range(
 
 def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
-    from pipeline.replay import RedriveFilter, _run_range, redrive_ranges
-
     server, control = wigzo
     control.set_faults(reject_event_names=["addtocart", "removedfromcart"])  # the strict rule is on
     topic = make_topic(partitions=3)
@@ -266,7 +262,7 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
     control.set_faults(reject_event_names=["removedfromcart"])  # fixed for addtocart only
     before = control.count()
     group = f"{settings.group_id}.redrive"
-    redrive = _run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
+    redrive = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
                          select=RedriveFilter(stage="delivery"))
     totals = redrive.outcomes.totals()
     delivered_now = control.received()[before:]
@@ -278,16 +274,15 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
     for letter in again:
         context = error_headers(letter.headers())
         assert context["attempts"] == "2" and context["topic"] == topic
-        assert not any(k.startswith(HEADER_PREFIX) and k.count(HEADER_PREFIX) > 1 for k, _ in letter.headers())
-    second = _run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
+        error_names = Counter(k for k, _ in letter.headers() if k.startswith(HEADER_PREFIX))
+        assert set(error_names.values()) == {1}, "the new context replaces the old one, it is not appended"
+    second = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
                         select=RedriveFilter(stage="delivery", error_class="no-such-class"))
     assert second.outcomes.totals()[Outcome.DELIVERED] == 0, "a second redrive resumes after the first"
 
 
 def test_unwritable_dead_letter_topic_halts_without_committing(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
-    from pipeline.dlq import DeadLetterWriteError
-
     server, _ = wigzo
     topic = make_topic(partitions=1)
     produce(kafka_bootstrap, topic, [SampleMessage(b"k", b"not an event %d" % n, "garbage") for n in range(20)])
