@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pipeline.consumer import Pipeline
 from pipeline.dlq import HEADER_PREFIX, DeadLetterWriteError, error_headers
 from pipeline.events import EventDecoder
+from pipeline.model import PipelineError
 from pipeline.outcomes import Outcome
 from pipeline.replay import RedriveFilter, redrive_ranges, resolve_ranges, run_range
 from pipeline.samples import SampleMessage, SampleStream
@@ -315,3 +317,23 @@ def test_a_wigzo_outage_pauses_consumption_and_dead_letters_nothing(
         deliverable_stages[error_headers(letter.headers())["stage"]] += 1
     assert deliverable_stages["delivery"] == 0, "an outage must not dead-letter anything"
     assert any(a["outcome"] == 503 for a in control.attempts()), "the outage really happened"
+
+
+def test_a_topic_pattern_subscription_reads_every_match_but_never_its_dead_letters(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
+    server, _ = wigzo
+    prefix = f"pattern-{uuid.uuid4().hex[:8]}"
+    topics = [make_topic(partitions=2, prefix=prefix), make_topic(partitions=2, prefix=prefix)]
+    samples = [*SampleStream(seed=17).messages(200), SampleMessage(b"k", b"not an event", "garbage")]
+    for topic in topics:
+        produce(kafka_bootstrap, topic, samples)
+    pattern = f"^{prefix}-[0-9a-f]+$"
+    with pytest.raises(PipelineError, match="set DLQ_TOPIC explicitly"):
+        Pipeline(settings_for(kafka_bootstrap, pattern, server.url)).subscribe(Consumer({"group.id": "x"}))
+
+    dead_letters = make_topic(partitions=2, prefix=f"{prefix}-dead")
+    settings = settings_for(kafka_bootstrap, pattern, server.url, dlq_topic=dead_letters)
+    pipeline = Pipeline(settings)
+    run_until(pipeline, lambda: _all_done(pipeline, 2 * len(samples)))
+    assert pipeline.stats.read == 2 * len(samples)
+    assert len(read_all(kafka_bootstrap, dead_letters)) == pipeline.outcomes.totals()[Outcome.DEAD_LETTERED] > 0
