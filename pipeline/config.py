@@ -20,6 +20,7 @@ from pipeline.model import PipelineError, Secret
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 KAFKA_PASSTHROUGH_PREFIX = "KAFKA_OPT_"
 ORDERING_MODES = ("key", "partition", "unordered")
+DEFAULT_RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
 
 
@@ -52,6 +53,16 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _retry_statuses(text: str) -> frozenset[int]:
+    """HTTP statuses worth retrying; 401/403 and 429 keep their own handling and cannot be listed."""
+    statuses = frozenset(int(part) for part in _csv(text))
+    special = statuses & {401, 403, 429}
+    if special or not all(400 <= status <= 599 for status in statuses):
+        raise ValueError("must be 4xx/5xx statuses other than 401, 403 and 429 (those have their own handling), "
+                         "e.g. 408,500,502,503,504")
+    return statuses
 
 
 def _topic_formats(text: str) -> dict[str, str]:
@@ -119,6 +130,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("read_timeout", "WIGZO_READ_TIMEOUT", "--read-timeout", _positive_float, 15.0,
            "seconds to wait for Wigzo's response"),
     Option("ca_bundle", "WIGZO_CA_BUNDLE", "--ca-bundle", str, "", "CA bundle for Wigzo's TLS certificate"),
+    Option("retry_statuses", "WIGZO_RETRY_STATUSES", "--retry-statuses", _retry_statuses, DEFAULT_RETRY_STATUSES,
+           "HTTP statuses retried with backoff (any other 5xx is retried too; other 4xx are dead-lettered)"),
     Option("max_attempts", "WIGZO_MAX_ATTEMPTS", "--max-attempts", _positive_int, 10,
            "attempts per event before it is dead-lettered (only while Wigzo serves other events)"),
     Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float, 300.0,
@@ -148,6 +161,7 @@ class Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     ca_bundle: str = ""
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     max_attempts: int = 10
     retry_budget_seconds: float = 300.0
     max_pending_per_partition: int = 250

@@ -17,6 +17,8 @@ from enum import StrEnum
 
 import requests
 
+from pipeline.config import DEFAULT_RETRY_STATUSES
+
 
 class Verdict(StrEnum):
     DELIVERED = "delivered"
@@ -30,7 +32,7 @@ class Verdict(StrEnum):
 class DeliveryPolicy:
     """The tunable part of delivery. Defaults suit the real Wigzo; tests pass time-scaled copies."""
 
-    retry_statuses: frozenset[int] = frozenset({408, 500, 502, 503, 504})
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     throttle_statuses: frozenset[int] = frozenset({429})
     auth_statuses: frozenset[int] = frozenset({401, 403})
     backoff_base: float = 0.5

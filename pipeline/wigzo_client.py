@@ -108,7 +108,7 @@ class WigzoClient:
                               "write it as https://host[:port], e.g. https://app.wigzo.com")
         self._base_url = settings.wigzo_base_url.rstrip("/")
         self._settings = settings
-        self._policy = policy or DeliveryPolicy()
+        self._policy = policy or DeliveryPolicy(retry_statuses=settings.retry_statuses)
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()

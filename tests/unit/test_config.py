@@ -7,6 +7,8 @@ import argparse
 import pytest
 
 from pipeline.config import ConfigError, Settings, add_options, load_settings
+from pipeline.retry_policy import Verdict
+from pipeline.wigzo_client import WigzoClient
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -37,6 +39,8 @@ def test_environment_then_flag_precedence() -> None:
         ({"INPUT_FORMAT": "orders=xml"}, "INPUT_FORMAT='orders=xml' is invalid"),
         ({"WIGZO_EVENT_MAP": '{"a": 1}'}, "WIGZO_EVENT_MAP"),
         ({"KAFKA_AUTO_OFFSET_RESET": "middle"}, "must be one of earliest, latest"),
+        ({"WIGZO_RETRY_STATUSES": "429"}, "other than 401, 403 and 429"),
+        ({"WIGZO_RETRY_STATUSES": "200,503"}, "must be 4xx/5xx"),
     ],
 )
 def test_invalid_values_name_their_source(env: dict[str, str], needle: str) -> None:
@@ -74,3 +78,15 @@ def test_malformed_passthrough_flag() -> None:
 def test_per_topic_input_formats() -> None:
     settings = load_settings(_args("--input-format", "json,orders=avro-confluent"), environ={})
     assert settings.input_formats == {"*": "json", "orders": "avro-confluent"}
+
+
+def test_retry_statuses_reach_the_delivery_policy() -> None:
+    settings = load_settings(_args("--retry-statuses", "409, 503", "--wigzo-base-url", "http://127.0.0.1:1"),
+                             environ={})
+    assert settings.retry_statuses == frozenset({409, 503})
+    client = WigzoClient(settings)
+    try:
+        assert client._policy.classify_status(409) is Verdict.RETRY
+        assert client._policy.classify_status(408) is Verdict.PERMANENT
+    finally:
+        client.close()
