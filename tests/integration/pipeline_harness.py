@@ -103,3 +103,22 @@ def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 300
         consumer.close()
     assert not timed_out.is_set(), f"pipeline did not finish in {timeout}s: read {pipeline.stats.read}, " \
                                    f"outcomes {pipeline.outcomes.totals()}"
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset per partition (negative where nothing is committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                                       timeout=10)]
+    finally:
+        consumer.close()
+
+
+def everything_committed(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    try:
+        ends = [probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        probe.close()
+    return committed_offsets(bootstrap, group, topic, partitions) == ends

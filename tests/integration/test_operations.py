@@ -17,7 +17,7 @@ from pipeline.cli import main as cli
 from pipeline.samples import SampleStream
 from pipeline.sandbox import SandboxControl, SandboxServer
 from tests.conftest import TopicFactory
-from tests.integration.pipeline_harness import ORG_TOKEN, produce
+from tests.integration.pipeline_harness import ORG_TOKEN, committed_offsets, produce
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,14 +26,6 @@ def _commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
     consumer.close()
-
-
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    offsets = [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
-                                                      timeout=10)]
-    consumer.close()
-    return offsets
 
 
 def test_reset_offsets_dry_run_then_apply_and_refuse_while_active(
@@ -47,10 +39,10 @@ def test_reset_offsets_dry_run_then_apply_and_refuse_while_active(
     assert cli(["reset-offsets", *common, "--to-earliest", "--dry-run"]) == 0
     table = capsys.readouterr().out
     assert "before" in table and "after" in table and "dry run" in table
-    assert _committed(kafka_bootstrap, group, topic, 2) == [5, 7]
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == [5, 7]
 
     assert cli(["reset-offsets", *common, "--to-offset", "3"]) == 0
-    assert _committed(kafka_bootstrap, group, topic, 2) == [3, 3]
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == [3, 3]
 
     member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
     member.subscribe([topic])
@@ -108,4 +100,4 @@ def test_second_signal_exits_at_once_without_committing(kafka_bootstrap: str, ma
         assert time.monotonic() - started < 5
         assert process.returncode == 128 + signal.SIGTERM, log.read_text()[-2000:]
         assert control.count() == 0
-    assert _committed(kafka_bootstrap, group, topic, 1) == [-1001], "nothing was finished, nothing committed"
+    assert committed_offsets(kafka_bootstrap, group, topic, 1) == [-1001], "nothing was finished, nothing committed"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from pipeline.consumer import Pipeline
 from pipeline.dlq import HEADER_PREFIX, DeadLetterWriteError, error_headers
@@ -28,7 +28,8 @@ from pipeline.samples import SampleMessage, SampleStream
 from pipeline.sandbox import SandboxControl, SandboxServer
 from tests.conftest import TopicFactory
 from tests.integration.pipeline_harness import (
-    ORG_TOKEN, predicted_requests, produce, read_all, received_requests, run_until, settings_for,
+    ORG_TOKEN, committed_offsets, everything_committed, predicted_requests, produce, read_all, received_requests,
+    run_until, settings_for,
 )
 
 REQUIRED_DLQ_HEADERS = {"topic", "partition", "offset", "stage", "class", "message", "attempts",
@@ -153,25 +154,15 @@ def test_rebalance_mid_stream_loses_nothing(
     assert total_outcomes() == len(samples)
 
 
-def _everything_committed(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
-    finally:
-        consumer.close()
-    return all(tp.offset == end for tp, end in zip(committed, ends, strict=True))
-
-
 def _committed_checker(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
-    """`_everything_committed`, asked at most twice a second (it opens a client each time)."""
+    """`everything_committed`, asked at most twice a second (it opens a client each time)."""
     last = [0.0]
 
     def check() -> bool:
         if time.monotonic() - last[0] < 0.5:
             return False
         last[0] = time.monotonic()
-        return _everything_committed(bootstrap, group, topic, partitions)
+        return everything_committed(bootstrap, group, topic, partitions)
 
     return check
 
@@ -207,12 +198,12 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly
 
     survivor = _run_subprocess(env, log)
     deadline = time.monotonic() + 120
-    while not _everything_committed(kafka_bootstrap, settings.group_id, topic, 6) and time.monotonic() < deadline:
+    while not everything_committed(kafka_bootstrap, settings.group_id, topic, 6) and time.monotonic() < deadline:
         time.sleep(0.5)
     survivor.send_signal(signal.SIGTERM)
     survivor.wait(timeout=60)
     assert survivor.returncode == 0, log.read_text()[-2000:]
-    assert _everything_committed(kafka_bootstrap, settings.group_id, topic, 6)
+    assert everything_committed(kafka_bootstrap, settings.group_id, topic, 6)
 
     expected = predicted_requests(settings, topic, samples)
     received = received_requests(control.received())
@@ -243,7 +234,7 @@ def test_replay_from_a_timestamp_redelivers_exactly_that_range(
     replay = run_range(settings, ranges, f"{settings.group_id}.replay", commit=False)
     assert replay.stats.read == len(late)
     assert received_requests(control.received()) == predicted_requests(settings, topic, late)
-    assert _everything_committed(kafka_bootstrap, settings.group_id, topic, 6), "live group untouched"
+    assert everything_committed(kafka_bootstrap, settings.group_id, topic, 6), "live group untouched"
 
 
 def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
@@ -293,10 +284,8 @@ def test_unwritable_dead_letter_topic_halts_without_committing(
     pipeline = Pipeline(settings)
     with pytest.raises(DeadLetterWriteError):
         run_until(pipeline, lambda: False, timeout=60)
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": settings.group_id})
-    committed = consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    consumer.close()
-    assert committed < 0, "nothing may be committed once the dead-letter topic fails"
+    assert committed_offsets(kafka_bootstrap, settings.group_id, topic, 1)[0] < 0, \
+        "nothing may be committed once the dead-letter topic fails"
 
 
 def test_a_wigzo_outage_pauses_consumption_and_dead_letters_nothing(
