@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -21,7 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline import __version__
 from pipeline.config import Settings
-from pipeline.model import PipelineError, Rejection
+from pipeline.model import PipelineError, Rejection, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,6 @@ class DeadLetter:
     history: tuple[str, ...] = ()
 
 
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def context_headers(record: KafkaRecord, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
     rejection = letter.rejection
     earlier = error_headers(record.headers())  # a redriven dead letter keeps its history and adds to it
@@ -71,8 +66,8 @@ def context_headers(record: KafkaRecord, letter: DeadLetter, scrub: Callable[[st
         "message": scrub(rejection.message)[:MESSAGE_LIMIT],
         "field": rejection.field,
         "attempts": str(letter.attempts + int(earlier.get("attempts", "0"))),
-        "first.failure": earlier.get("first.failure") or iso(letter.first_failure),
-        "last.failure": iso(letter.last_failure),
+        "first.failure": earlier.get("first.failure") or utc_iso(letter.first_failure),
+        "last.failure": utc_iso(letter.last_failure),
         "http.status": "" if rejection.http_status is None else str(rejection.http_status),
         "history": scrub("\n".join(filter(None, (earlier.get("history"), *letter.history))))[-MESSAGE_LIMIT:],
         "service.version": __version__,

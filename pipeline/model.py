@@ -7,9 +7,15 @@ loop can route every message to exactly one outcome without try/except around th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Stage = Literal["decode", "validate", "mapping", "delivery"]
+
+
+def utc_iso(epoch: float) -> str:
+    """Epoch seconds as the ISO-8601 UTC form used in dead-letter headers and attempt histories."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class PipelineError(Exception):

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import orjson
@@ -26,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from pipeline import __version__
 from pipeline.config import ConfigError, Settings
-from pipeline.model import Rejection, WigzoRequest
+from pipeline.model import Rejection, WigzoRequest, utc_iso
 from pipeline.retry_policy import (
     CircuitBreaker,
     ConcurrencyLimit,
@@ -84,17 +83,13 @@ class _Attempt:
     retry_after: float | None = None
 
 
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:SNIPPET_CHARS]
 
 
 def _failed(rejection: Rejection, failures: list[tuple[float, str]]) -> DeliveryFailed:
     """Every attempt failed, so the attempt count is the history's length."""
-    history = tuple(f"{_utc(wall)} {label}" for wall, label in failures)
+    history = tuple(f"{utc_iso(wall)} {label}" for wall, label in failures)
     return DeliveryFailed(rejection, len(failures), failures[0][0], failures[-1][0], history)
 
 
