@@ -146,6 +146,8 @@ class Pipeline:
                 self._raise_if_dead_letters_fail()
                 self._apply_backpressure()
                 messages = consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT)
+                if messages:
+                    self._last_message = self._clock()
                 for message in messages:
                     self._handle(message)
                 self._drain_completions()
@@ -203,7 +205,6 @@ class Pipeline:
                 raise PipelineError(f"Kafka consumer failed: {error.str()}")
             log.warning("Kafka reported: %s", error.str())
             return
-        self._last_message = self._clock()
         state = self._partitions.get((message.topic(), message.partition()))
         if state is None or state.released:
             return  # a straggler from a partition we no longer own: its next owner reads it

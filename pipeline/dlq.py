@@ -9,7 +9,6 @@ failed write halts the pipeline (failing closed beats losing data).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -98,8 +97,7 @@ class DeadLetterWriter:
             "client.id": "segment-wigzo-dlq",
         })
         self._admin = AdminClient(settings.kafka_client_config())
-        self._known_topics: set[str] = set()
-        self._lock = threading.Lock()
+        self._known_topics: set[str] = set()  # written only from the polling thread, like the rest of this class
         self.failure: DeadLetterWriteError | None = None
 
     def scrub(self, text: str) -> str:
@@ -135,18 +133,17 @@ class DeadLetterWriter:
         """Create the DLQ with the source's partition count the first time we need it, if permitted."""
         if topic in self._known_topics:
             return
-        with self._lock:
-            metadata = self._admin.list_topics(timeout=10)
-            if topic not in metadata.topics:
-                partitions = len(metadata.topics[source].partitions) if source in metadata.topics else 1
-                future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
-                try:
-                    future.result(timeout=30)
-                    log.info("created dead-letter topic %s with %d partitions", topic, partitions)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        log.warning("could not create dead-letter topic %s (%s); writing anyway", topic, exc)
-            self._known_topics.add(topic)
+        metadata = self._admin.list_topics(timeout=10)
+        if topic not in metadata.topics:
+            partitions = len(metadata.topics[source].partitions) if source in metadata.topics else 1
+            future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
+            try:
+                future.result(timeout=30)
+                log.info("created dead-letter topic %s with %d partitions", topic, partitions)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    log.warning("could not create dead-letter topic %s (%s); writing anyway", topic, exc)
+        self._known_topics.add(topic)
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -50,9 +50,15 @@ def parse_offset_ranges(text: str) -> dict[int, tuple[int, int]]:
     return ranges
 
 
-def _lookup_consumer(settings: Settings) -> Consumer:
-    return Consumer({**settings.kafka_client_config(), "group.id": f"{settings.group_id}.lookup",
+def _lookup_consumer(settings: Settings, group: str | None = None) -> Consumer:
+    """A consumer for metadata, watermarks and committed offsets; it never subscribes or commits."""
+    return Consumer({**settings.kafka_client_config(), "group.id": group or f"{settings.group_id}.lookup",
                      "enable.auto.commit": False})
+
+
+def _watermarks(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets per partition."""
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
@@ -65,11 +71,9 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 def _offsets_at(consumer: Consumer, topic: str, partitions: list[int], epoch_ms: int) -> dict[int, int]:
     """First offset at or after the time per partition; the end of the partition if there is none."""
     found = consumer.offsets_for_times([TopicPartition(topic, p, epoch_ms) for p in partitions], timeout=10)
-    result = {}
-    for tp in found:
-        result[tp.partition] = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(
-            TopicPartition(topic, tp.partition), timeout=10)[1]
-    return result
+    past_the_end = [tp.partition for tp in found if tp.offset < 0]
+    ends = {p: high for p, (_, high) in _watermarks(consumer, topic, past_the_end).items()}
+    return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition] for tp in found}
 
 
 def resolve_ranges(settings: Settings, topic: str, *, since: str | None, until: str | None,
@@ -77,7 +81,7 @@ def resolve_ranges(settings: Settings, topic: str, *, since: str | None, until: 
     consumer = _lookup_consumer(settings)
     try:
         partitions = _partitions(consumer, topic)
-        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        watermarks = _watermarks(consumer, topic, partitions)
         if offsets:
             explicit = parse_offset_ranges(offsets)
             unknown = set(explicit) - set(partitions)
@@ -209,7 +213,7 @@ def reset_main(args: argparse.Namespace) -> int:
             partitions = _partitions(consumer, topic)
             tps = [TopicPartition(topic, p) for p in partitions]
             before = _committed(admin, group, tps)
-            watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+            watermarks = _watermarks(consumer, topic, partitions)
             if args.to_datetime:
                 after = _offsets_at(consumer, topic, partitions, parse_time(args.to_datetime))
             elif args.to_offset is not None:
@@ -329,13 +333,14 @@ def redrive_main(args: argparse.Namespace) -> int:
 def redrive_ranges(settings: Settings, dlq_topic: str, group: str) -> Ranges:
     """From the redrive group's cursor (or the start) to the end as of now: letters that fail again are
     appended after that end, so one redrive never loops on its own output."""
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": group, "enable.auto.commit": False})
+    consumer = _lookup_consumer(settings, group)
     try:
         partitions = _partitions(consumer, dlq_topic)
         committed = consumer.committed([TopicPartition(dlq_topic, p) for p in partitions], timeout=10)
+        watermarks = _watermarks(consumer, dlq_topic, partitions)
         ranges = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, tp.partition), timeout=10)
+            low, high = watermarks[tp.partition]
             start = tp.offset if tp.offset >= 0 else low
             ranges[(dlq_topic, tp.partition)] = (max(start, low), high)
         return ranges

@@ -36,9 +36,10 @@ def main(args: argparse.Namespace) -> int:
     topic = settings.topics[0]
     with _lines(args.file) as lines:
         for line in lines:
-            if not line.strip():
+            event_bytes = line.strip()
+            if not event_bytes:
                 continue
-            decoded = decoder.decode(topic, line.strip())
+            decoded = decoder.decode(topic, event_bytes)
             decision = decoded if isinstance(decoded, Rejection) else map_event(decoded, mapping)
             print(orjson.dumps(describe(decision, settings.wigzo_base_url)).decode(), flush=True)
     return 0
