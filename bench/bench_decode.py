@@ -18,7 +18,7 @@ import orjson
 from fastavro.validation import validate
 
 from pipeline.config import Settings
-from pipeline.events import SCHEMAS_DIR, EventDecoder, _contract, encode_event
+from pipeline.contract.decoder import SCHEMAS_DIR, EventDecoder, _contract, encode_event
 
 ORDER_COMPLETED: dict[str, Any] = {
     "type": "track",

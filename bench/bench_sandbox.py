@@ -1,6 +1,6 @@
 """How many requests per second the Wigzo sandbox answers, so benchmarks know it is not their bottleneck.
 
-Starts the sandbox (`python -m pipeline.sandbox`) as its own process on 127.0.0.1 (zero latency, no faults), then drives
+Starts the sandbox (`python -m pipeline.dev.sandbox`) as its own process on 127.0.0.1 (zero latency, no faults), then drives
 it from separate client processes over keep-alive connections with valid identify requests, each with
 its own Idempotency-Key. Bounded by --duration and --max-requests.
 
@@ -96,7 +96,7 @@ def main() -> int:
     args = parser.parse_args()
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.sandbox", "--host", "127.0.0.1", "--port", "0", "--org-token", ORG_TOKEN],
+        [sys.executable, "-m", "pipeline.dev.sandbox", "--host", "127.0.0.1", "--port", "0", "--org-token", ORG_TOKEN],
         stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

@@ -17,18 +17,18 @@ from pipeline.model import PipelineError
 
 # subcommand -> (module, add-arguments function, main function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("pipeline.consumer", "add_arguments", "main", "consume Segment events and deliver them to Wigzo"),
-    "transform": ("pipeline.transform", "add_arguments", "main",
+    "run": ("pipeline.kafka.pipeline", "add_arguments", "main", "consume Segment events and deliver them to Wigzo"),
+    "transform": ("pipeline.ops.dry_run", "add_arguments", "main",
                   "dry run: map Segment JSON lines to the Wigzo requests they would become"),
-    "sandbox": ("pipeline.sandbox", "add_arguments", "main", "serve the Wigzo sandbox (a local stand-in for Wigzo)"),
-    "kafka": ("pipeline.local_kafka", "add_arguments", "main", "start, stop or check the project's local Kafka"),
-    "demo": ("pipeline.demo", "add_arguments", "main",
+    "sandbox": ("pipeline.dev.sandbox", "add_arguments", "main", "serve the Wigzo sandbox (a local stand-in for Wigzo)"),
+    "kafka": ("pipeline.dev.local_kafka", "add_arguments", "main", "start, stop or check the project's local Kafka"),
+    "demo": ("pipeline.dev.demo", "add_arguments", "main",
              "run the whole pipeline on local Kafka + sandbox + sample events, and report"),
-    "replay": ("pipeline.replay", "add_replay_arguments", "replay_main",
+    "replay": ("pipeline.ops.replay", "add_replay_arguments", "replay_main",
                "reprocess a range of a topic (by time or offsets) without touching the live group"),
-    "reset-offsets": ("pipeline.replay", "add_reset_arguments", "reset_main",
+    "reset-offsets": ("pipeline.ops.replay", "add_reset_arguments", "reset_main",
                       "move the live group's committed offsets (group must be inactive)"),
-    "redrive": ("pipeline.replay", "add_redrive_arguments", "redrive_main",
+    "redrive": ("pipeline.ops.replay", "add_redrive_arguments", "redrive_main",
                 "reprocess dead letters through the current code and configuration"),
 }
 

@@ -1,16 +1,36 @@
-"""The values that pass between the pipeline's stages.
+"""The pipeline's one vocabulary: the values that pass between stages, and how things fail.
 
-Decoding, mapping and delivery each return one of these instead of raising, so the consumer
-loop can route every message to exactly one outcome without try/except around the hot path.
+Decoding, mapping and delivery each return one of these instead of raising, so the consume loop can
+route every message to exactly one `Outcome` without try/except around the hot path:
+
+- `Rejection`: why a message cannot be delivered (its `Stage` and cause); becomes a `DeadLetter`.
+- `Deliver` / `Skip`: the mapping's decision; `Delivered` / `DeliveryFailed` / `Aborted`: delivery's.
+- `Outcome`: delivered, skipped (with a reason) or dead-lettered (with its stage), nothing else.
+
+Errors a user can act on are `PipelineError`s; the CLI prints their message and exits 2. Its subclasses:
+`ConfigError` (pipeline.config), `SchemaRegistryUnavailable` (pipeline.contract.decoder),
+`DeadLetterWriteError` (pipeline.kafka.dead_letters), `LocalKafkaError` and `SandboxError` (pipeline.dev).
+
+Credentials travel as `Secret` and every text that may echo one goes through `Scrubber`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Literal, get_args
 
 Stage = Literal["decode", "validate", "mapping", "delivery"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"
+    DEAD_LETTERED = "dead_lettered"
 
 
 def utc_iso(epoch: float) -> str:
@@ -49,6 +69,22 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+class Scrubber:
+    """Removes credentials from text bound for logs, errors or dead-letter headers: the known secret values,
+    and any ``token=``/``org_token=`` query value (HTTP libraries put whole URLs into their messages)."""
+
+    _SECRET_QUERY = re.compile(r"((?:^|[?&;\s])(?:org_token|token)=)[^&\s'\"]*", re.IGNORECASE)
+
+    def __init__(self, secrets: Iterable[Secret]) -> None:
+        self._values = tuple(secret.reveal() for secret in secrets if secret)
+
+    def __call__(self, text: str) -> str:
+        text = self._SECRET_QUERY.sub(r"\1***", text)
+        for value in self._values:
+            text = text.replace(value, "***")
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +147,41 @@ class Skip:
 
 
 MappingDecision = Deliver | Skip | Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    status: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailed:
+    """Permanent for this event: the consumer dead-letters it with this context."""
+
+    rejection: Rejection
+    attempts: int
+    first_failure: float
+    last_failure: float
+    history: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """Stopped before an outcome was known: the offset must not be committed."""
+
+    attempts: int
+
+
+DeliveryResult = Delivered | DeliveryFailed | Aborted
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejection on its way to the dead-letter topic, with how often and when it failed."""
+
+    rejection: Rejection
+    attempts: int
+    first_failure: float  # epoch seconds
+    last_failure: float
+    history: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.local_kafka import LocalKafka, default_home
+from pipeline.dev.local_kafka import LocalKafka, default_home
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.sandbox import SandboxControl, SandboxServer
+from pipeline.dev.sandbox import SandboxControl, SandboxServer
 
 SANDBOX_ORG_TOKEN = "org-token-s3cr3t"
 

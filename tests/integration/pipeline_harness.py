@@ -14,11 +14,11 @@ import orjson
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.consumer import Pipeline
-from pipeline.events import EventDecoder
-from pipeline.mapping import MappingConfig, map_event
+from pipeline.contract.decoder import EventDecoder
+from pipeline.dev.samples import SampleMessage
+from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import Deliver, Secret
-from pipeline.samples import SampleMessage
+from pipeline.wigzo.mapping import MappingConfig, map_event
 
 ORG_TOKEN = "test-org-token"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_kafka import LocalKafka, LocalKafkaError, default_home
+from pipeline.dev.local_kafka import LocalKafka, LocalKafkaError, default_home
 
 
 @pytest.mark.skipif("KAFKA_BOOTSTRAP_SERVERS" in os.environ, reason="an external Kafka is in use")

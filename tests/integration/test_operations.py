@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.cli import main as cli
-from pipeline.samples import SampleStream
-from pipeline.sandbox import SandboxControl, SandboxServer
+from pipeline.dev.samples import SampleStream
+from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from tests.conftest import TopicFactory
 from tests.integration.pipeline_harness import ORG_TOKEN, committed_offsets, produce
 

@@ -11,25 +11,35 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline.consumer import Pipeline
-from pipeline.dlq import HEADER_PREFIX, DeadLetterWriteError, error_headers
-from pipeline.events import EventDecoder
-from pipeline.model import PipelineError
-from pipeline.outcomes import Outcome
-from pipeline.replay import RedriveFilter, redrive_ranges, resolve_ranges, run_range
-from pipeline.samples import SampleMessage, SampleStream
-from pipeline.sandbox import SandboxControl, SandboxServer
+from pipeline.contract.decoder import EventDecoder
+from pipeline.dev.samples import SampleMessage, SampleStream
+from pipeline.dev.sandbox import SandboxControl, SandboxServer
+from pipeline.kafka.dead_letters import (
+    HEADER_PREFIX,
+    DeadLetterWriteError,
+    error_headers,
+)
+from pipeline.kafka.pipeline import Pipeline
+from pipeline.model import Outcome, PipelineError
+from pipeline.ops.replay import RedriveFilter, redrive_ranges, resolve_ranges, run_range
 from tests.conftest import TopicFactory
 from tests.integration.pipeline_harness import (
-    ORG_TOKEN, committed_offsets, everything_committed, predicted_requests, produce, read_all, received_requests,
-    run_until, settings_for,
+    ORG_TOKEN,
+    committed_offsets,
+    everything_committed,
+    predicted_requests,
+    produce,
+    read_all,
+    received_requests,
+    run_until,
+    settings_for,
 )
 
 REQUIRED_DLQ_HEADERS = {"topic", "partition", "offset", "stage", "class", "message", "attempts",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline.sandbox import Faults, SandboxControl, SandboxError, SandboxServer
+from pipeline.dev.sandbox import Faults, SandboxControl, SandboxError, SandboxServer
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -317,7 +317,7 @@ def test_fail_first_attempts_answers_each_keys_first_attempts(sandbox: Sandbox, 
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.sandbox", "--port", "0", *args],
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.dev.sandbox", "--port", "0", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})
     assert process.stdout is not None
@@ -338,7 +338,7 @@ def test_the_command_serves_with_initial_faults_until_sigterm() -> None:
 
 def test_the_command_refuses_to_start_without_an_org_token() -> None:
     env = {k: v for k, v in os.environ.items() if k != "WIGZO_ORG_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "pipeline.sandbox", "--port", "0"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline.dev.sandbox", "--port", "0"], capture_output=True,
                             text=True, env=env, timeout=30)
     assert result.returncode == 2
     assert "WIGZO_ORG_TOKEN" in result.stderr and "Traceback" not in result.stderr

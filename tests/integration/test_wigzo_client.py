@@ -16,9 +16,16 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.model import Secret, WigzoRequest
-from pipeline.retry_policy import DeliveryPolicy
-from pipeline.wigzo_client import Aborted, Delivered, DeliveryFailed, DeliveryResult, WigzoClient
+from pipeline.model import (
+    Aborted,
+    Delivered,
+    DeliveryFailed,
+    DeliveryResult,
+    Secret,
+    WigzoRequest,
+)
+from pipeline.wigzo.client import WigzoClient
+from pipeline.wigzo.policy import DeliveryPolicy
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -69,7 +76,7 @@ def wait_for(condition: Any, seconds: float = 10.0) -> None:
 
 @pytest.fixture(autouse=True)
 def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG, logger="pipeline.wigzo_client")
+    caplog.set_level(logging.DEBUG, logger="pipeline.wigzo.client")
     yield
     assert SANDBOX_ORG_TOKEN not in caplog.text
 

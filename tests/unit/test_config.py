@@ -7,8 +7,8 @@ import argparse
 import pytest
 
 from pipeline.config import ConfigError, Settings, add_options, load_settings
-from pipeline.retry_policy import Verdict
-from pipeline.wigzo_client import WigzoClient
+from pipeline.wigzo.client import WigzoClient
+from pipeline.wigzo.policy import Verdict
 
 
 def _args(*argv: str) -> argparse.Namespace:

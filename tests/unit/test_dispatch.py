@@ -6,7 +6,7 @@ import threading
 import time
 from collections import defaultdict
 
-from pipeline.dispatch import OrderedExecutor
+from pipeline.kafka.executor import OrderedExecutor
 
 
 def test_same_key_keeps_order_and_different_keys_run_in_parallel() -> None:

@@ -12,7 +12,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from pipeline.config import ConfigError, Settings
-from pipeline.events import (
+from pipeline.contract.decoder import (
     FOUND_LIMIT,
     MAX_JSON_DEPTH,
     SCHEMAS_DIR,

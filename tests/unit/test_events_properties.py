@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.events import (
+from pipeline.contract.decoder import (
     CALL_TYPES,
     LONG_MAX,
     LONG_MIN,

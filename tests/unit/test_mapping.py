@@ -7,8 +7,14 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.mapping import DEFAULT_EVENT_NAMES, EVENT_PATH, IDENTIFY_PATH, MappingConfig, map_event
 from pipeline.model import Deliver, Rejection, Secret, Skip
+from pipeline.wigzo.mapping import (
+    DEFAULT_EVENT_NAMES,
+    EVENT_PATH,
+    IDENTIFY_PATH,
+    MappingConfig,
+    map_event,
+)
 
 CONFIG = MappingConfig(org_token=Secret("org-secret"), api_token=Secret("api-secret"))
 
@@ -331,7 +337,9 @@ def test_skip_wins_over_reject_when_wigzo_is_disabled():
 
 
 def test_further_requests_of_one_event_get_suffixed_idempotency_keys():
-    from pipeline.mapping import _request  # the one place keys are made; no default row sends two requests yet
+    from pipeline.wigzo.mapping import (
+        _request,  # the one place keys are made; no default row sends two requests yet
+    )
 
     keys = [_request(track("x"), CONFIG, index, EVENT_PATH, {}).headers for index in range(3)]
     assert keys == [(("Idempotency-Key", "m-1"),), (("Idempotency-Key", "m-1:1"),), (("Idempotency-Key", "m-1:2"),)]

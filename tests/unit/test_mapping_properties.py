@@ -8,8 +8,14 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.mapping import DEFAULT_EVENT_NAMES, EVENT_PATH, IDENTIFY_PATH, MappingConfig, map_event
 from pipeline.model import Deliver, Rejection, Secret, Skip
+from pipeline.wigzo.mapping import (
+    DEFAULT_EVENT_NAMES,
+    EVENT_PATH,
+    IDENTIFY_PATH,
+    MappingConfig,
+    map_event,
+)
 
 ORG, API = "org-TOKEN-9f2", "api-TOKEN-7c1"
 CONFIG = MappingConfig(org_token=Secret(ORG), api_token=Secret(API))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.offsets import PartitionOffsets
+from pipeline.kafka.checkpoint import PartitionOffsets
 
 
 def test_commit_waits_for_the_lowest_unfinished_offset() -> None:

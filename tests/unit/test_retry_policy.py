@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 import pytest
 import requests
 
-from pipeline.retry_policy import (
+from pipeline.wigzo.policy import (
     CircuitBreaker,
     ConcurrencyLimit,
     DeliveryPolicy,

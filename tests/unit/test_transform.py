@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline import transform
+from pipeline.ops import dry_run as transform
 from pipeline.model import PipelineError
 
 # The seed's `analytics.track('Product Viewed', productData, options)` as analytics.js sends it from a product page.

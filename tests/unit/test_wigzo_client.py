@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from pipeline.config import ConfigError, Settings
-from pipeline.model import Secret, WigzoRequest
-from pipeline.retry_policy import DeliveryPolicy, backoff_delay
-from pipeline.wigzo_client import USER_AGENT, Aborted, Delivered, DeliveryFailed, WigzoClient
+from pipeline.model import Aborted, Delivered, DeliveryFailed, Secret, WigzoRequest
+from pipeline.wigzo.client import USER_AGENT, WigzoClient
+from pipeline.wigzo.policy import DeliveryPolicy, backoff_delay
 
 ORG, API = "org-SECRET-1", "api-SECRET-2"
 SETTINGS = Settings(wigzo_base_url="https://wigzo.test", wigzo_org_token=Secret(ORG),

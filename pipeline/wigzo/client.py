@@ -4,7 +4,7 @@ One pooled `requests.Session` is shared by the consumer's worker threads. Each `
 inside until the event is delivered, is judged permanently unacceptable, exhausts its own retry budget
 while Wigzo serves others, or `stop` is set. Outages and rejected tokens hold every event back (the
 consumer sees `accepting_work() == False` and pauses) instead of dead-lettering them. The rules live in
-`pipeline.retry_policy`; this module is the I/O and the locking around them.
+`pipeline.wigzo.policy`; this module is the I/O and the locking around them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.cookiejar
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,17 @@ from requests.adapters import HTTPAdapter
 
 from pipeline import __version__
 from pipeline.config import ConfigError, Settings
-from pipeline.model import Rejection, WigzoRequest, utc_iso
-from pipeline.retry_policy import (
+from pipeline.model import (
+    Aborted,
+    Delivered,
+    DeliveryFailed,
+    DeliveryResult,
+    Rejection,
+    Scrubber,
+    WigzoRequest,
+    utc_iso,
+)
+from pipeline.wigzo.policy import (
     CircuitBreaker,
     ConcurrencyLimit,
     DeliveryPolicy,
@@ -40,38 +48,10 @@ from pipeline.retry_policy import (
     retry_delay,
 )
 
-log = logging.getLogger("pipeline.wigzo_client")
+log = logging.getLogger("pipeline.wigzo.client")
 
 USER_AGENT = f"segment-wigzo/{__version__} python-requests/{requests.__version__}"
 SNIPPET_CHARS = 200
-_SECRET_QUERY = re.compile(r"((?:^|[?&;\s])(?:org_token|token)=)[^&\s'\"]*", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    status: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFailed:
-    """Permanent for this event: the consumer dead-letters it with this context."""
-
-    rejection: Rejection
-    attempts: int
-    first_failure: float
-    last_failure: float
-    history: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Aborted:
-    """`stop` was set before an outcome was known: the caller must not commit the offset."""
-
-    attempts: int
-
-
-DeliveryResult = Delivered | DeliveryFailed | Aborted
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +89,7 @@ class WigzoClient:
         self._rng = rng or random.Random()
         self._owns_session = session is None
         self._session = session or self._new_session(settings)
-        self._secrets = tuple(s.reveal() for s in (settings.wigzo_org_token, settings.wigzo_api_token) if s)
+        self._scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token))
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
         self._in_flight = 0
@@ -248,13 +228,6 @@ class WigzoClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
         return _Attempt(verdict, response.status_code, str(response.status_code),
                         self._scrub(_one_line(response.text)), retry_after)
-
-    def _scrub(self, text: str) -> str:
-        """requests puts the URL, tokens included, into its messages; a server may echo them too."""
-        text = _SECRET_QUERY.sub(r"\1***", text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def _log_transition(self, transition: Transition, attempt: _Attempt, window: tuple[int, int]) -> None:
         after, before = transition.after, transition.before

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.events import encode_event
+from pipeline.contract.decoder import encode_event
 
 BASE_TIME = datetime(2026, 11, 1, tzinfo=UTC)
 CATALOG = [

@@ -14,13 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.consumer import Pipeline, PartitionKey, configure_logging, install_signal_handlers
-from pipeline.dlq import HEADER_PREFIX, error_headers
-from pipeline.model import PipelineError, Skip
+from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.kafka.pipeline import (
+    PartitionKey,
+    Pipeline,
+    configure_logging,
+    install_signal_handlers,
+)
+from pipeline.model import STAGES, PipelineError, Skip
 
 Ranges = dict[PartitionKey, tuple[int, int]]
 
@@ -305,7 +315,7 @@ def add_redrive_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser)
     parser.add_argument("--from-topic", metavar="DLQ", help="dead-letter topic to read (default: that of the "
                                                             "first KAFKA_TOPICS entry)")
-    parser.add_argument("--stage", choices=("decode", "validate", "mapping", "delivery"),
+    parser.add_argument("--stage", choices=STAGES,
                         help="only dead letters of this stage")
     parser.add_argument("--error-class", help=f"only dead letters whose {HEADER_PREFIX}class is this")
     parser.add_argument("--failed-since", metavar="ISO_TIME", help="only dead letters that last failed since")

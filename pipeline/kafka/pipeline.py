@@ -25,14 +25,25 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.dispatch import OrderedExecutor
-from pipeline.dlq import DeadLetter, DeadLetterWriter, KafkaRecord
-from pipeline.events import EventDecoder, SchemaRegistryUnavailable
-from pipeline.mapping import MappingConfig, map_event
-from pipeline.model import Deliver, PipelineError, Rejection, Skip
-from pipeline.offsets import PartitionOffsets
-from pipeline.outcomes import Outcome, OutcomeCounter
-from pipeline.wigzo_client import Aborted, Delivered, DeliveryFailed, DeliveryResult, WigzoClient
+from pipeline.contract.decoder import EventDecoder, SchemaRegistryUnavailable
+from pipeline.kafka.checkpoint import PartitionOffsets
+from pipeline.kafka.dead_letters import DeadLetterWriter, KafkaRecord
+from pipeline.kafka.executor import OrderedExecutor
+from pipeline.kafka.outcomes import OutcomeCounter
+from pipeline.model import (
+    Aborted,
+    DeadLetter,
+    Deliver,
+    Delivered,
+    DeliveryFailed,
+    DeliveryResult,
+    Outcome,
+    PipelineError,
+    Rejection,
+    Skip,
+)
+from pipeline.wigzo.client import WigzoClient
+from pipeline.wigzo.mapping import MappingConfig, map_event
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +100,7 @@ class Pipeline:
         self._decoder = EventDecoder(settings)
         self._mapping = MappingConfig.from_settings(settings)
         self._client = WigzoClient(settings, clock=clock, wall_clock=wall_clock)
-        self._dlq = DeadLetterWriter(settings, secrets=(settings.wigzo_org_token.reveal(),
-                                                        settings.wigzo_api_token.reveal()))
+        self._dlq = DeadLetterWriter(settings)
         self._executor = OrderedExecutor(settings.max_in_flight)
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._partitions: dict[PartitionKey, PartitionState] = {}

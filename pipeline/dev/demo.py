@@ -19,12 +19,12 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import load_settings
-from pipeline.consumer import Pipeline, install_signal_handlers
-from pipeline.dlq import error_headers
-from pipeline.local_kafka import LocalKafka, default_home
+from pipeline.dev.local_kafka import LocalKafka, default_home
+from pipeline.dev.samples import SampleStream
+from pipeline.dev.sandbox import SandboxControl, SandboxServer
+from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.pipeline import Pipeline, install_signal_handlers
 from pipeline.model import Secret
-from pipeline.samples import SampleStream
-from pipeline.sandbox import SandboxControl, SandboxServer
 
 DEMO_ORG_TOKEN = "demo-org-token"
 

@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 import orjson
 
 from pipeline import config
-from pipeline.events import EventDecoder
-from pipeline.mapping import MappingConfig, map_event
+from pipeline.contract.decoder import EventDecoder
 from pipeline.model import Deliver, PipelineError, Rejection, Skip, WigzoRequest
+from pipeline.wigzo.mapping import MappingConfig, map_event
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

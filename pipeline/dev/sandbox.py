@@ -571,10 +571,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python -m pipeline.sandbox`: the same server without importing the other stages
+if __name__ == "__main__":  # `python -m pipeline.dev.sandbox`: the same server without importing the other stages
     import sys
 
-    cli = argparse.ArgumentParser(prog="python -m pipeline.sandbox", description="serve the Wigzo sandbox")
+    cli = argparse.ArgumentParser(prog="python -m pipeline.dev.sandbox", description="serve the Wigzo sandbox")
     add_arguments(cli)
     try:
         sys.exit(main(cli.parse_args()))

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from enum import StrEnum
 
-
-class Outcome(StrEnum):
-    DELIVERED = "delivered"
-    SKIPPED = "skipped"
-    DEAD_LETTERED = "dead_lettered"
+from pipeline.model import Outcome
 
 
 class OutcomeCounter:

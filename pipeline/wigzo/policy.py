@@ -2,7 +2,7 @@
 
 Everything here is deterministic given a clock value and a `random.Random`, so the rules that decide
 whether an event is retried, dead-lettered or held back during an outage are unit-tested exactly.
-`pipeline.wigzo_client` does the HTTP and the locking around these state machines.
+`pipeline.wigzo.client` does the HTTP and the locking around these state machines.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from pipeline.config import ConfigError, Settings
 from pipeline.model import PipelineError, Rejection
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# package data (a link to the top-level schemas/ in a checkout), so every kind of install finds it
+SCHEMAS_DIR = Path(str(resources.files("pipeline.contract") / "schemas"))
 NAMESPACE = "segment.spec"
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 # Deep enough for any real Segment payload (the Ecommerce Spec needs 3 levels), shallow enough that

@@ -26,7 +26,7 @@ from pipeline.model import PipelineError
 
 PORT = int(LOCAL_BOOTSTRAP.rsplit(":", 1)[1])
 CONTROLLER_PORT = PORT + 1
-RESOURCES = resources.files("pipeline") / "resources" / "kafka"
+RESOURCES = resources.files("pipeline.dev") / "resources" / "kafka"
 
 
 class LocalKafkaError(PipelineError):
@@ -37,7 +37,7 @@ def default_home() -> Path:
     """`.cache/kafka` of the source checkout, else the user's cache directory."""
     if env := os.environ.get("WIGZO_KAFKA_HOME"):
         return Path(env)
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").exists():
         return checkout / ".cache" / "kafka"
     return Path.home() / ".cache" / "segment-wigzo" / "kafka"

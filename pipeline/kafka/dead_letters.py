@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -19,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline import __version__
 from pipeline.config import Settings
-from pipeline.model import PipelineError, Rejection, utc_iso
+from pipeline.model import DeadLetter, PipelineError, Scrubber, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +41,6 @@ class KafkaRecord(Protocol):
 
 class DeadLetterWriteError(PipelineError):
     """The dead-letter topic did not accept a message: the pipeline must stop and not commit."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    rejection: Rejection
-    attempts: int
-    first_failure: float  # epoch seconds
-    last_failure: float
-    history: tuple[str, ...] = ()
 
 
 def context_headers(record: KafkaRecord, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
@@ -86,9 +76,9 @@ def error_headers(headers: Headers | None) -> dict[str, str]:
 
 
 class DeadLetterWriter:
-    def __init__(self, settings: Settings, *, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._secrets = tuple(s for s in secrets if s)
+        self.scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token))
         self._producer = Producer({
             **settings.kafka_client_config(),
             "enable.idempotence": True,
@@ -99,11 +89,6 @@ class DeadLetterWriter:
         self._admin = AdminClient(settings.kafka_client_config())
         self._known_topics: set[str] = set()  # written only from the polling thread, like the rest of this class
         self.failure: DeadLetterWriteError | None = None
-
-    def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def write(self, record: KafkaRecord, letter: DeadLetter, on_durable: Callable[[], None]) -> None:
         """Queue the dead letter; `on_durable` runs (from `poll`) once the broker has acknowledged it."""
