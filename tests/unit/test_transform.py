@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.ops import dry_run as transform
 from pipeline.model import PipelineError
+from pipeline.ops import dry_run as transform
 
 # The seed's `analytics.track('Product Viewed', productData, options)` as analytics.js sends it from a product page.
 SEED_PRODUCT_VIEWED: dict[str, Any] = {
@@ -129,7 +129,7 @@ def test_unreadable_file_is_a_usage_error_not_a_traceback(tmp_path):
         run([str(tmp_path / "missing.jsonl")])
 
 
-def test_readme_worked_example_is_this_real_output():
-    docs = (Path(__file__).parents[2] / "README.md").read_text()
+def test_documented_worked_example_is_this_real_output():
+    docs = (Path(__file__).parents[2] / "docs" / "mapping.md").read_text()
     assert json.dumps(SEED_PRODUCT_VIEWED, indent=2) in docs
     assert orjson.dumps(SEED_OUTPUT).decode() in docs
