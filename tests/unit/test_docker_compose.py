@@ -1,7 +1,9 @@
-"""No Docker engine runs here, so the compose file is checked statically against what the code reads."""
+"""No Docker engine runs here, so the compose file and the Dockerfile are checked statically: the compose file
+against what the code reads, the Dockerfile against how the package must be built and installed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -50,3 +52,126 @@ def test_pipeline_points_at_the_sandbox_service() -> None:
     base_url = SERVICES["pipeline"]["environment"]["WIGZO_BASE_URL"]
     assert "sandbox:8080" in base_url
     assert "8080" in " ".join(SERVICES["sandbox"]["command"])
+
+
+# ---- the Dockerfile, statically: the image must install the wheel, as users do ----
+
+# What the wheel build reads: pyproject's metadata (readme = README.md), the package and the schemas that
+# pipeline/contract/schemas links to (tests/integration/test_installed_wheel.py builds from the same four).
+BUILD_INPUTS = {"pyproject.toml", "README.md", "pipeline", "schemas"}
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    logical, pending = [], ""
+    for line in text.splitlines():
+        if not pending and line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    pairs = []
+    for line in filter(str.strip, logical):
+        keyword, _, arguments = line.strip().partition(" ")
+        pairs.append((keyword.upper(), arguments.strip()))
+    return pairs
+
+
+def _stages(text: str) -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for keyword, arguments in _instructions(text):
+        if keyword == "FROM":
+            stages.append([])
+        assert stages, "instructions before the first FROM"
+        stages[-1].append((keyword, arguments))
+    return stages
+
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+STAGES = _stages(DOCKERFILE)
+FINAL = STAGES[-1]
+
+
+def _runs(stage: list[tuple[str, str]]) -> list[str]:
+    return [arguments for keyword, arguments in stage if keyword == "RUN"]
+
+
+def _from_context(arguments: str) -> tuple[list[str], str] | None:
+    """(sources, destination) of a COPY/ADD from the build context; None for one --from another stage."""
+    words = arguments.split()
+    if any(word.startswith("--from=") for word in words):
+        return None
+    paths = [word for word in words if not word.startswith("--")]
+    return paths[:-1], paths[-1]
+
+
+def _copies(stage: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
+    return [copy for keyword, arguments in stage
+            if keyword in ("COPY", "ADD") and (copy := _from_context(arguments)) is not None]
+
+
+def _workdir_at(stage: list[tuple[str, str]], index: int) -> str:
+    workdir = "/"
+    for keyword, arguments in stage[:index]:
+        if keyword == "WORKDIR":
+            workdir = arguments if arguments.startswith("/") else f"{workdir.rstrip('/')}/{arguments}"
+    return workdir
+
+
+def _copied_to(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """Build-context path -> absolute path in the stage."""
+    placed: dict[str, str] = {}
+    for index, (keyword, arguments) in enumerate(stage):
+        if keyword not in ("COPY", "ADD") or (copy := _from_context(arguments)) is None:
+            continue
+        sources, destination = copy
+        if not destination.startswith("/"):
+            destination = f"{_workdir_at(stage, index).rstrip('/')}/{destination.removeprefix('./')}"
+        for source in sources:
+            name = source.removeprefix("./").rstrip("/")
+            into_directory = destination.endswith("/") or len(sources) > 1
+            placed[name] = f"{destination.rstrip('/')}/{name}" if into_directory else destination.rstrip("/")
+    return placed
+
+
+def test_dockerfile_never_installs_editable() -> None:
+    for stage in STAGES:
+        for command in _runs(stage):
+            words = command.replace(";", " ").replace("&&", " ").split()
+            assert "-e" not in words and "--editable" not in words and not any(
+                word.startswith("--editable=") for word in words), f"editable install: {command}"
+
+
+def test_dockerfile_builds_a_wheel_and_the_final_image_installs_it() -> None:
+    builds = [stage for stage in STAGES[:-1] if any("pip wheel" in run or "-m build" in run for run in _runs(stage))]
+    assert builds, "a build stage must make the wheel (pip wheel / python -m build)"
+    assert any("pip install" in run and ".whl" in run for run in _runs(FINAL)), "the final image installs a wheel"
+    from_stages = [word.removeprefix("--from=") for keyword, arguments in FINAL if keyword == "COPY"
+                   for word in arguments.split() if word.startswith("--from=")]
+    stage_names = {stage[0][1].split()[-1] for stage in builds if " AS " in stage[0][1].upper()}
+    assert set(from_stages) & stage_names, "the final image takes the wheel from the build stage"
+    assert not _copies(FINAL), "the final image must not carry the source tree (it would shadow the wheel)"
+
+
+def test_dockerfile_build_stage_copies_what_the_wheel_build_needs() -> None:
+    builds = [stage for stage in STAGES[:-1] if any("pip wheel" in run or "-m build" in run for run in _runs(stage))]
+    assert len(builds) == 1, "exactly one build stage makes the wheel"
+    placed = _copied_to(builds[0])
+    assert BUILD_INPUTS <= set(placed), f"missing from the build stage: {BUILD_INPUTS - set(placed)}"
+    # pipeline/contract/schemas is a relative link: it resolves only if schemas/ sits where it does here
+    link = ROOT / "pipeline" / "contract" / "schemas"
+    assert link.is_symlink() and os.readlink(link) == "../../schemas"
+    assert placed["schemas"] == placed["pipeline"].rsplit("/", 1)[0] + "/schemas", placed
+    assert placed["pyproject.toml"].rsplit("/", 1)[0] == placed["pipeline"].rsplit("/", 1)[0], placed
+
+
+def test_dockerfile_runs_the_console_script_as_a_non_root_user() -> None:
+    users = [arguments for keyword, arguments in FINAL if keyword == "USER"]
+    assert users, "the final image must set USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), user
+    assert "--uid 10001" in " ".join(_runs(FINAL)) and user in ("10001", "pipeline")
+    assert [arguments for keyword, arguments in FINAL if keyword == "ENTRYPOINT"][-1] == '["wigzo-pipeline"]'
+    assert [arguments for keyword, arguments in FINAL if keyword == "CMD"][-1] == '["run"]'
