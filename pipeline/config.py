@@ -90,54 +90,53 @@ class Option:
     env: str
     flag: str
     parse: Callable[[str], Any]
-    default: Any
     help: str
     secret: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", str, LOCAL_BOOTSTRAP,
+    Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", str,
            "Kafka bootstrap servers (host:port,...); default is the project's local broker"),
-    Option("topics", "KAFKA_TOPICS", "--topics", _csv, ("segment-events",),
+    Option("topics", "KAFKA_TOPICS", "--topics", _csv,
            "comma-separated source topics; an entry starting with ^ is a regex"),
-    Option("group_id", "KAFKA_GROUP_ID", "--group-id", str, "segment-wigzo", "consumer group id"),
+    Option("group_id", "KAFKA_GROUP_ID", "--group-id", str, "consumer group id"),
     Option("auto_offset_reset", "KAFKA_AUTO_OFFSET_RESET", "--auto-offset-reset",
-           _choice(("earliest", "latest")), "earliest", "where a group with no committed offset starts"),
-    Option("dlq_topic", "DLQ_TOPIC", "--dlq-topic", str, "",
+           _choice(("earliest", "latest")), "where a group with no committed offset starts"),
+    Option("dlq_topic", "DLQ_TOPIC", "--dlq-topic", str,
            "dead-letter topic; default '<source topic>.dlq'"),
-    Option("wigzo_base_url", "WIGZO_BASE_URL", "--wigzo-base-url", str, "https://app.wigzo.com",
+    Option("wigzo_base_url", "WIGZO_BASE_URL", "--wigzo-base-url", str,
            "Wigzo API base URL"),
-    Option("wigzo_org_token", "WIGZO_ORG_TOKEN", "--wigzo-org-token", Secret, Secret(""),
+    Option("wigzo_org_token", "WIGZO_ORG_TOKEN", "--wigzo-org-token", Secret,
            "Wigzo organization token (required)", secret=True),
-    Option("wigzo_api_token", "WIGZO_API_TOKEN", "--wigzo-api-token", Secret, Secret(""),
+    Option("wigzo_api_token", "WIGZO_API_TOKEN", "--wigzo-api-token", Secret,
            "Wigzo API token, sent as 'token' when set", secret=True),
-    Option("max_in_flight", "WIGZO_MAX_IN_FLIGHT", "--max-in-flight", _positive_int, 64,
+    Option("max_in_flight", "WIGZO_MAX_IN_FLIGHT", "--max-in-flight", _positive_int,
            "Wigzo requests in flight at once"),
-    Option("ordering", "DELIVERY_ORDERING", "--ordering", _choice(ORDERING_MODES), "key",
+    Option("ordering", "DELIVERY_ORDERING", "--ordering", _choice(ORDERING_MODES),
            "delivery order: per message key (default), per partition, or unordered"),
-    Option("input_formats", "INPUT_FORMAT", "--input-format", _topic_formats, {"*": "auto"},
+    Option("input_formats", "INPUT_FORMAT", "--input-format", _topic_formats,
            "input format: auto|avro-confluent|avro|json, or per topic as 'topic=format,...'"),
-    Option("avro_writer_schema", "AVRO_WRITER_SCHEMA", "--avro-writer-schema", str, "",
+    Option("avro_writer_schema", "AVRO_WRITER_SCHEMA", "--avro-writer-schema", str,
            "writer schema (.avsc path) for schemaless Avro input"),
-    Option("schema_registry_url", "SCHEMA_REGISTRY_URL", "--schema-registry-url", str, "",
+    Option("schema_registry_url", "SCHEMA_REGISTRY_URL", "--schema-registry-url", str,
            "Confluent Schema Registry URL; without it schema ids resolve from schemas/registry.json"),
-    Option("max_event_bytes", "MAX_EVENT_BYTES", "--max-event-bytes", _positive_int, 32 * 1024,
+    Option("max_event_bytes", "MAX_EVENT_BYTES", "--max-event-bytes", _positive_int,
            "largest accepted event (Segment caps events at 32 KB)"),
-    Option("event_name_map", "WIGZO_EVENT_MAP", "--event-map", _event_name_map, {},
+    Option("event_name_map", "WIGZO_EVENT_MAP", "--event-map", _event_name_map,
            "JSON object (inline or file path) mapping Segment event names to Wigzo names, null to skip"),
-    Option("connect_timeout", "WIGZO_CONNECT_TIMEOUT", "--connect-timeout", _positive_float, 5.0,
+    Option("connect_timeout", "WIGZO_CONNECT_TIMEOUT", "--connect-timeout", _positive_float,
            "seconds to establish a connection to Wigzo"),
-    Option("read_timeout", "WIGZO_READ_TIMEOUT", "--read-timeout", _positive_float, 15.0,
+    Option("read_timeout", "WIGZO_READ_TIMEOUT", "--read-timeout", _positive_float,
            "seconds to wait for Wigzo's response"),
-    Option("ca_bundle", "WIGZO_CA_BUNDLE", "--ca-bundle", str, "", "CA bundle for Wigzo's TLS certificate"),
-    Option("retry_statuses", "WIGZO_RETRY_STATUSES", "--retry-statuses", _retry_statuses, DEFAULT_RETRY_STATUSES,
+    Option("ca_bundle", "WIGZO_CA_BUNDLE", "--ca-bundle", str, "CA bundle for Wigzo's TLS certificate"),
+    Option("retry_statuses", "WIGZO_RETRY_STATUSES", "--retry-statuses", _retry_statuses,
            "HTTP statuses retried with backoff (any other 5xx is retried too; other 4xx are dead-lettered)"),
-    Option("max_attempts", "WIGZO_MAX_ATTEMPTS", "--max-attempts", _positive_int, 10,
+    Option("max_attempts", "WIGZO_MAX_ATTEMPTS", "--max-attempts", _positive_int,
            "attempts per event before it is dead-lettered (only while Wigzo serves other events)"),
-    Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float, 300.0,
+    Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float,
            "seconds an event may keep retrying before it is dead-lettered (same condition)"),
     Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
-           _positive_int, 250, "messages read but not finished per partition before it is paused"),
+           _positive_int, "messages read but not finished per partition before it is paused"),
 )
 
 
@@ -212,8 +211,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         source, raw = ((option.flag, flag_value) if flag_value is not None
                        else (option.env, environ.get(option.env)))
         if raw is None or raw == "":
-            values[option.attr] = option.default
-            continue
+            continue  # Settings' own default
         try:
             values[option.attr] = option.parse(raw)
         except (ValueError, OSError) as exc:

@@ -22,8 +22,11 @@ from pipeline.config import load_settings
 from pipeline.dev.local_kafka import LocalKafka, default_home
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
+from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.dead_letters import error_headers
-from pipeline.kafka.pipeline import Pipeline, install_signal_handlers
+from pipeline.kafka.pipeline import Pipeline
+from pipeline.kafka.runner import build_pipeline, run_pipeline
+from pipeline.logs import configure_logging
 from pipeline.model import Secret
 
 DEMO_ORG_TOKEN = "demo-org-token"
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING)
     started = time.monotonic()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap:
@@ -69,10 +72,7 @@ def main(args: argparse.Namespace) -> int:
         load_settings(None, environ={}), bootstrap_servers=bootstrap, topics=(topic,),
         group_id=f"demo-{topic}", wigzo_base_url=sandbox.url, wigzo_org_token=Secret(DEMO_ORG_TOKEN),
         max_in_flight=args.max_in_flight)
-    pipeline = Pipeline(settings)
-    consumer = Consumer(pipeline.consumer_config())
-    install_signal_handlers(pipeline)
-    pipeline.subscribe(consumer)
+    pipeline = build_pipeline(settings, GroupSubscription(settings.topics, settings.dlq_topic))
     run_started = time.monotonic()
     first_read: list[float] = []  # the group join takes a moment; the rate counts from the first message
 
@@ -81,10 +81,7 @@ def main(args: argparse.Namespace) -> int:
             first_read.append(time.monotonic())
         return pipeline.stats.read >= len(samples) and not pipeline.outstanding()
 
-    try:
-        pipeline.run(consumer, stop_when=drained)
-    finally:
-        consumer.close()
+    run_pipeline(pipeline, settings, stop_when=drained)
     finished = time.monotonic()
     print(f"Consumer joined its group in {first_read[0] - run_started:.1f}s and drained the topic in "
           f"{finished - first_read[0]:.1f}s")

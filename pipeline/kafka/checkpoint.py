@@ -7,6 +7,7 @@ before this offset is done". So we commit only up to the lowest unfinished offse
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 
 class PartitionOffsets:
@@ -38,3 +39,53 @@ class PartitionOffsets:
     def commit_position(self) -> int | None:
         """The offset to commit (the next one to read after a restart), or None if nothing finished yet."""
         return self._next_commit
+
+
+PartitionKey = tuple[str, int]
+
+
+class Checkpoint:
+    """What this consumer read and finished per partition, and what it committed: the one place that decides
+    which offsets may be committed. Used from the polling thread only."""
+
+    __slots__ = ("_offsets", "_committed")
+
+    def __init__(self) -> None:
+        self._offsets: dict[PartitionKey, PartitionOffsets] = {}
+        self._committed: dict[PartitionKey, int] = {}
+
+    def track(self, key: PartitionKey) -> None:
+        self._offsets.setdefault(key, PartitionOffsets())
+
+    def forget(self, keys: Iterable[PartitionKey]) -> None:
+        for key in keys:
+            self._offsets.pop(key, None)
+            self._committed.pop(key, None)
+
+    def read(self, key: PartitionKey, offset: int) -> None:
+        self._offsets[key].read(offset)
+
+    def finish(self, key: PartitionKey, offset: int) -> None:
+        if (offsets := self._offsets.get(key)) is not None:
+            offsets.finish(offset)
+
+    def outstanding(self, key: PartitionKey | None = None) -> int:
+        if key is not None:
+            offsets = self._offsets.get(key)
+            return 0 if offsets is None else offsets.outstanding
+        return sum(offsets.outstanding for offsets in self._offsets.values())
+
+    def due(self, keys: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
+        """Commit positions that moved since the last commit, for the given partitions."""
+        due = {}
+        for key in keys:
+            offsets = self._offsets.get(key)
+            position = None if offsets is None else offsets.commit_position
+            if position is not None and position != self._committed.get(key):
+                due[key] = position
+        return due
+
+    def committed(self, positions: dict[PartitionKey, int]) -> None:
+        for key, position in positions.items():
+            if key in self._offsets:
+                self._committed[key] = position

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline import __version__
@@ -27,23 +26,11 @@ MESSAGE_LIMIT = 1000
 Headers = Sequence[tuple[str, bytes | None]]
 
 
-class KafkaRecord(Protocol):
-    """What we need of a consumed message; confluent_kafka.Message satisfies it."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> list[tuple[str, bytes]] | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
-
-
 class DeadLetterWriteError(PipelineError):
     """The dead-letter topic did not accept a message: the pipeline must stop and not commit."""
 
 
-def context_headers(record: KafkaRecord, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
+def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
     rejection = letter.rejection
     earlier = error_headers(record.headers())  # a redriven dead letter keeps its history and adds to it
     fields = {
@@ -90,7 +77,7 @@ class DeadLetterWriter:
         self._known_topics: set[str] = set()  # written only from the polling thread, like the rest of this class
         self.failure: DeadLetterWriteError | None = None
 
-    def write(self, record: KafkaRecord, letter: DeadLetter, on_durable: Callable[[], None]) -> None:
+    def write(self, record: Message, letter: DeadLetter, on_durable: Callable[[], None]) -> None:
         """Queue the dead letter; `on_durable` runs (from `poll`) once the broker has acknowledged it."""
         source = record.topic() or ""
         topic = self._settings.dlq_topic_for(source)

@@ -1,34 +1,30 @@
-"""`wigzo-pipeline run`: the consumer group that turns Kafka messages into Wigzo calls.
+"""The consume loop: Kafka messages in, exactly one outcome per message, commits that never pass unfinished work.
 
 One thread polls Kafka, decodes, validates and maps each message (cheap, microseconds), then hands
-deliveries to a pool of workers that keeps each user's events in order. Workers report back through
-a queue; only the polling thread touches offsets, commits and the dead-letter producer, so none of
-that state needs locks. A message is finished when its outcome is durable: delivered (2xx), skipped
-on purpose, or acknowledged by the dead-letter topic. Commits never pass an unfinished message.
+deliveries to an executor that keeps each user's events in order. Workers report back through a queue;
+only the polling thread touches offsets, commits and the dead-letter producer, so none of that state
+needs locks. A message is finished when its outcome is durable: delivered (2xx), skipped on purpose,
+or acknowledged by the dead-letter topic.
+
+`Pipeline` is given its parts (decoder, mapping, client, dead-letter writer, executor) and an
+`Assignment`; `pipeline.kafka.runner` builds the real ones from settings, tests pass fakes.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import queue
-import re
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from pipeline.config import Settings, add_options, load_settings
-from pipeline.contract.decoder import EventDecoder, SchemaRegistryUnavailable
-from pipeline.kafka.checkpoint import PartitionOffsets
-from pipeline.kafka.dead_letters import DeadLetterWriter, KafkaRecord
-from pipeline.kafka.executor import OrderedExecutor
+from pipeline.contract.decoder import SchemaRegistryUnavailable
+from pipeline.kafka.assignment import Assignment
+from pipeline.kafka.checkpoint import Checkpoint, PartitionKey
 from pipeline.kafka.outcomes import OutcomeCounter
 from pipeline.model import (
     Aborted,
@@ -37,13 +33,13 @@ from pipeline.model import (
     Delivered,
     DeliveryFailed,
     DeliveryResult,
+    MappingDecision,
     Outcome,
     PipelineError,
     Rejection,
     Skip,
+    WigzoRequest,
 )
-from pipeline.wigzo.client import WigzoClient
-from pipeline.wigzo.mapping import MappingConfig, map_event
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +47,65 @@ BATCH_SIZE = 200
 POLL_TIMEOUT = 0.05
 COMMIT_INTERVAL = 1.0
 REGISTRY_PATIENCE = 120.0  # well under max.poll.interval.ms (300 s), so the group keeps us meanwhile
-PartitionKey = tuple[str, int]
+
+
+class Decoder(Protocol):
+    def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection: ...
+
+
+class DeliveryClient(Protocol):
+    def deliver(self, request: WigzoRequest, stop: threading.Event) -> DeliveryResult: ...
+    def accepting_work(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    failure: Exception | None
+
+    def write(self, record: Message, letter: DeadLetter, on_durable: Callable[[], None]) -> None: ...
+    def poll(self) -> None: ...
+    def flush(self, timeout: float) -> bool: ...
+
+
+class Executor(Protocol):
+    def submit(self, key: Hashable | None, task: Callable[[], None]) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    decoder: Decoder
+    map_event: Callable[[dict[str, Any]], MappingDecision]
+    client: DeliveryClient
+    dead_letters: DeadLetterSink
+    executor: Executor
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """How work flows: per-key ordering, the window of unfinished messages per partition, and how long a
+    release may wait for deliveries already on the wire (connect + read timeout)."""
+
+    ordering: str = "key"
+    max_pending_per_partition: int = 250
+    drain_bound: float = 21.0
 
 
 @dataclass(eq=False)
 class PartitionState:
-    """What this consumer holds for one assigned partition. Mutated by the polling thread only,
-    except `stop`, which workers read."""
+    """What this consumer holds for one assigned partition beyond its offsets. Mutated by the polling
+    thread only, except `stop`, which workers read."""
 
-    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    key: PartitionKey
     stop: threading.Event = field(default_factory=threading.Event)
     in_executor: int = 0
-    committed: int | None = None
-    end_offset: int | None = None  # replay ranges: first offset not to process
-    range_complete: bool = False
     released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
     state: PartitionState
-    record: KafkaRecord
+    record: Message
     offset: int
     result: DeliveryResult
 
@@ -84,24 +118,25 @@ class RunStats:
 
 
 class Pipeline:
-    """The processing core shared by `run`, `replay`, `redrive` and the demo."""
+    """The processing core shared by `run`, `replay`, `redrive` and the demo.
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, commit: bool = True,
-                 select: Callable[[Message], KafkaRecord | Skip] | None = None) -> None:
-        settings.require_org_token()
-        self.settings = settings
+    `reader` turns a consumed message into the record to process, or a Skip (redrive's filter); the
+    offset tracked for commits stays the consumed message's own. `commit=False` commits nothing (replay).
+    """
+
+    def __init__(self, parts: Parts, assignment: Assignment, *, flow: Flow = Flow(),
+                 reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.parts = parts
+        self.assignment = assignment
+        self.flow = flow
         self.outcomes = OutcomeCounter()
         self.stats = RunStats()
+        self.checkpoint = Checkpoint()
+        self._reader = reader
+        self._commit_enabled = commit
         self._clock = clock
         self._wall_clock = wall_clock
-        self._commit_enabled = commit
-        self._select = select
-        self._decoder = EventDecoder(settings)
-        self._mapping = MappingConfig.from_settings(settings)
-        self._client = WigzoClient(settings, clock=clock, wall_clock=wall_clock)
-        self._dlq = DeadLetterWriter(settings)
-        self._executor = OrderedExecutor(settings.max_in_flight)
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._partitions: dict[PartitionKey, PartitionState] = {}
         self._paused: set[PartitionKey] = set()
@@ -109,35 +144,8 @@ class Pipeline:
         self._shutdown = threading.Event()
         self._failed = False
         self._last_commit = clock()
-        self._last_message = clock()
-        self._drain_bound = settings.connect_timeout + settings.read_timeout + 1.0
 
-    # ---- Kafka plumbing -------------------------------------------------------------------------
-
-    def consumer_config(self, group_id: str | None = None) -> dict[str, Any]:
-        return {
-            "group.id": group_id or self.settings.group_id,
-            "auto.offset.reset": self.settings.auto_offset_reset,
-            "client.id": "segment-wigzo",
-            **self.settings.kafka_client_config(),
-            # correctness depends on these, so the pass-through cannot override them
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
-        }
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._partitions.setdefault((tp.topic, tp.partition), PartitionState())
-        log.info("assigned %s", _describe(partitions))
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoking %s: finishing in-flight deliveries, then committing", _describe(partitions))
-        self._release([(tp.topic, tp.partition) for tp in partitions], commit=True)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("lost %s without a clean revoke: abandoning their work uncommitted", _describe(partitions))
-        self._release([(tp.topic, tp.partition) for tp in partitions], commit=False)
+    # ---- lifecycle ------------------------------------------------------------------------------
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -146,23 +154,26 @@ class Pipeline:
     def shutting_down(self) -> bool:
         return self._shutdown.is_set()
 
-    # ---- the loop -------------------------------------------------------------------------------
+    def outstanding(self) -> int:
+        return self.checkpoint.outstanding()
+
+    def finished(self) -> bool:
+        """Everything the assignment puts in scope was read, and all of it has its outcome."""
+        return self._consumer is not None and self.assignment.finished(self._consumer) and not self.outstanding()
 
     def run(self, consumer: Consumer, stop_when: Callable[[], bool] | None = None) -> None:
         """Process messages until shutdown is requested or `stop_when` says so, then drain and commit."""
         self._consumer = consumer
         try:
+            self.assignment.start(consumer, self)
             while not self._shutdown.is_set():
                 self._raise_if_dead_letters_fail()
                 self._apply_backpressure()
-                messages = consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT)
-                if messages:
-                    self._last_message = self._clock()
-                for message in messages:
+                for message in consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT):
                     self._handle(message)
                 self._drain_completions()
-                self._dlq.poll()
-                if self._commit_enabled and self._clock() - self._last_commit >= COMMIT_INTERVAL:
+                self.parts.dead_letters.poll()
+                if self._clock() - self._last_commit >= COMMIT_INTERVAL:
                     self._commit(list(self._partitions))
                 if stop_when is not None and stop_when():
                     break
@@ -173,38 +184,25 @@ class Pipeline:
         finally:
             for state in self._partitions.values():
                 state.stop.set()
-            self._executor.shutdown()
-            self._client.close()
+            self.parts.executor.shutdown()
+            self.parts.client.close()
 
-    def subscribe(self, consumer: Consumer) -> None:
-        for topic in self.settings.topics:
-            if topic.startswith("^"):
-                _refuse_pattern_matching_dlq(topic, self.settings.dlq_topic)
-        consumer.subscribe(list(self.settings.topics), on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_lost)
+    # ---- rebalances (called by the consumer from inside consume) ----------------------------------
 
-    def assign_range(self, consumer: Consumer, ranges: dict[PartitionKey, tuple[int, int]]) -> None:
-        """Replay: read [start, end) of each partition under manual assignment, outside any group."""
-        for key, (start, end) in ranges.items():
-            self._partitions[key] = PartitionState(end_offset=end, range_complete=start >= end)
-        consumer.assign([TopicPartition(t, p, start) for (t, p), (start, end) in ranges.items() if start < end])
+    def assigned(self, keys: list[PartitionKey]) -> None:
+        for key in keys:
+            if key not in self._partitions:
+                self._partitions[key] = PartitionState(key)
+                self.checkpoint.track(key)
+        log.info("assigned %s", _describe(keys))
 
-    def idle_for(self, seconds: float) -> Callable[[], bool]:
-        """A stop condition: nothing read for `seconds` and nothing left unfinished."""
-        return lambda: self._clock() - self._last_message >= seconds and self.outstanding() == 0
+    def revoked(self, keys: list[PartitionKey]) -> None:
+        log.info("revoking %s: finishing in-flight deliveries, then committing", _describe(keys))
+        self._release(keys, commit=True)
 
-    def range_done(self) -> bool:
-        """Replay stop condition: every partition read up to its end offset and all of it finished.
-        The consumer position covers ranges that end in transaction markers rather than messages."""
-        reading = [(k, s) for k, s in self._partitions.items() if s.end_offset is not None and not s.range_complete]
-        if reading and self._consumer is not None:
-            positions = self._consumer.position([TopicPartition(t, p) for (t, p), _ in reading])
-            for (_, state), tp in zip(reading, positions, strict=True):
-                state.range_complete = state.end_offset is not None and tp.offset >= state.end_offset
-        return all(s.range_complete for s in self._partitions.values()) and self.outstanding() == 0
-
-    def outstanding(self) -> int:
-        return sum(state.offsets.outstanding for state in self._partitions.values())
+    def lost(self, keys: list[PartitionKey]) -> None:
+        log.warning("lost %s without a clean revoke: abandoning their work uncommitted", _describe(keys))
+        self._release(keys, commit=False)
 
     # ---- per message ----------------------------------------------------------------------------
 
@@ -215,32 +213,29 @@ class Pipeline:
                 raise PipelineError(f"Kafka consumer failed: {error.str()}")
             log.warning("Kafka reported: %s", error.str())
             return
-        state = self._partitions.get((message.topic(), message.partition()))
-        if state is None or state.released:
+        key = (message.topic(), message.partition())
+        state = self._partitions.get(key)
+        if state is None:
             return  # a straggler from a partition we no longer own: its next owner reads it
         offset = message.offset()
-        if state.end_offset is not None:
-            if offset >= state.end_offset:
-                state.range_complete = True
-                return  # past the replay range: not read, not ours
-            state.range_complete = offset + 1 >= state.end_offset
-        state.offsets.read(offset)
+        if not self.assignment.in_scope(key, offset):
+            return
+        self.checkpoint.read(key, offset)
         self.stats.read += 1
-        record = message if self._select is None else self._select(message)
+        record = message if self._reader is None else self._reader(message)
         if isinstance(record, Skip):
             self._finish(state, offset, Outcome.SKIPPED, record.reason)
         else:
             self._process(state, record, offset)
 
-    def _process(self, state: PartitionState, record: KafkaRecord, offset: int) -> None:
-        """Route one record to exactly one outcome (possibly later, for deliveries and dead letters).
-        `offset` is the position tracked for commits: the record's own, except in redrive."""
+    def _process(self, state: PartitionState, record: Message, offset: int) -> None:
+        """Route one record to exactly one outcome (possibly later, for deliveries and dead letters)."""
         event = self._decode(record)
         if isinstance(event, Rejection):
             self._dead_letter(state, record, offset, self._first_failure(event))
             return
         try:
-            decision = map_event(event, self._mapping)
+            decision = self.parts.map_event(event)
         except Exception as exc:  # the mapping is meant never to raise; if it does, the event is kept, not lost
             log.exception("mapping raised")
             decision = Rejection("mapping", "MappingCrashed", f"the mapping raised {type(exc).__name__}: {exc}")
@@ -250,16 +245,16 @@ class Pipeline:
             self._dead_letter(state, record, offset, self._first_failure(decision))
         else:
             state.in_executor += 1
-            self._executor.submit(self._ordering_key(record, event), lambda: self._completions.put(
+            self.parts.executor.submit(self._ordering_key(record, event), lambda: self._completions.put(
                 Completion(state, record, offset, self._deliver(decision, state.stop))))
 
-    def _decode(self, record: KafkaRecord) -> dict[str, Any] | Rejection:
+    def _decode(self, record: Message) -> dict[str, Any] | Rejection:
         """Decode, waiting out a Schema Registry outage (not the message's fault, so never a dead letter);
         past REGISTRY_PATIENCE seconds, halt without committing rather than guess."""
         delay, deadline = 1.0, self._clock() + REGISTRY_PATIENCE
         while True:
             try:
-                return self._decoder.decode(record.topic() or "", record.value())
+                return self.parts.decoder.decode(record.topic() or "", record.value())
             except SchemaRegistryUnavailable as exc:
                 if self._clock() + delay > deadline or self._shutdown.is_set():
                     raise
@@ -267,8 +262,8 @@ class Pipeline:
                 self._shutdown.wait(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _ordering_key(self, record: KafkaRecord, event: dict[str, Any]) -> Hashable | None:
-        mode = self.settings.ordering
+    def _ordering_key(self, record: Message, event: dict[str, Any]) -> Hashable | None:
+        mode = self.flow.ordering
         if mode == "key":
             return record.key() or event.get("userId") or event.get("anonymousId")
         if mode == "partition":
@@ -277,12 +272,12 @@ class Pipeline:
 
     def _deliver(self, decision: Deliver, stop: threading.Event) -> DeliveryResult:
         """Worker thread: send the event's requests in order; the first that does not succeed decides."""
-        if stop.is_set():
-            return Aborted(attempts=0)
         result: DeliveryResult = Aborted(attempts=0)
+        if stop.is_set():
+            return result
         try:
             for request in decision.requests:
-                result = self._client.deliver(request, stop)
+                result = self.parts.client.deliver(request, stop)
                 if not isinstance(result, Delivered):
                     return result
         except Exception as exc:  # a bug in delivery must not lose the event: dead-letter it with the cause
@@ -318,43 +313,45 @@ class Pipeline:
 
     def _finish(self, state: PartitionState, offset: int, outcome: Outcome, detail: str) -> None:
         self.outcomes.record(outcome, detail)
-        state.offsets.finish(offset)
+        if not state.released:
+            self.checkpoint.finish(state.key, offset)
 
-    def _dead_letter(self, state: PartitionState, record: KafkaRecord, offset: int, letter: DeadLetter) -> None:
+    def _dead_letter(self, state: PartitionState, record: Message, offset: int, letter: DeadLetter) -> None:
         detail = letter.rejection.stage
-        self._dlq.write(record, letter, lambda: self._finish(state, offset, Outcome.DEAD_LETTERED, detail))
+        self.parts.dead_letters.write(record, letter,
+                                      lambda: self._finish(state, offset, Outcome.DEAD_LETTERED, detail))
 
     def _raise_if_dead_letters_fail(self) -> None:
-        if self._dlq.failure is not None:
-            raise self._dlq.failure
+        if self.parts.dead_letters.failure is not None:
+            raise self.parts.dead_letters.failure
 
     # ---- flow control, commits, release ---------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
-        """Pause partitions whose window of unfinished messages is full, or all of them while Wigzo is
-        down or rejects our token; resume once below half the window and Wigzo takes work again."""
+        """Pause partitions whose window of unfinished messages is full or that have nothing more to read,
+        or all of them while Wigzo is down or rejects our token; resume once below half the window."""
         if self._consumer is None or not self._partitions:
             return
-        limit = self.settings.max_pending_per_partition
-        accepting = self._client.accepting_work()
+        limit = self.flow.max_pending_per_partition
+        accepting = self.parts.client.accepting_work()
         wanted = set()
-        for key, state in self._partitions.items():
-            pending = state.offsets.outstanding
-            if (not accepting or state.range_complete or pending >= limit
+        for key in self._partitions:
+            pending = self.checkpoint.outstanding(key)
+            if (not accepting or self.assignment.exhausted(key) or pending >= limit
                     or (key in self._paused and pending > limit // 2)):
                 wanted.add(key)
         if to_pause := wanted - self._paused:
-            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self._consumer.pause(_partitions(to_pause))
         if to_resume := self._paused - wanted:
-            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self._consumer.resume(_partitions(to_resume))
         self._paused = wanted
 
     def _wait_for_workers(self, states: list[PartitionState]) -> None:
-        deadline = self._clock() + self._drain_bound
+        deadline = self._clock() + self.flow.drain_bound
         while any(s.in_executor for s in states) and self._clock() < deadline:
             time.sleep(0.01)
             self._drain_completions()
-            self._dlq.poll()
+            self.parts.dead_letters.poll()
         self._drain_completions()
 
     def _commit(self, keys: Iterable[PartitionKey]) -> None:
@@ -362,24 +359,15 @@ class Pipeline:
         if self._consumer is None or not self._commit_enabled:
             return
         self._raise_if_dead_letters_fail()
-        offsets, states = [], []
-        for key in keys:
-            state = self._partitions.get(key)
-            if state is None:
-                continue
-            position = state.offsets.commit_position
-            if position is not None and position != state.committed:
-                offsets.append(TopicPartition(key[0], key[1], position))
-                states.append(state)
-        if not offsets:
+        due = self.checkpoint.due(keys)
+        if not due:
             return
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in due.items()], asynchronous=False)
         except KafkaException as exc:
             log.warning("commit failed (%s); will retry with the next commit", exc.args[0].str())
             return
-        for state, tp in zip(states, offsets, strict=True):
-            state.committed = tp.offset
+        self.checkpoint.committed(due)
 
     def _release(self, keys: list[PartitionKey], *, commit: bool) -> None:
         """Finish the work already read for these partitions (bounded), make their dead letters durable,
@@ -389,80 +377,30 @@ class Pipeline:
         behind it (one commit offset per partition), so draining first is what keeps a clean rebalance
         free of duplicates. While Wigzo is down there is nothing to drain: stop at once."""
         states = [self._partitions[k] for k in keys if k in self._partitions]
-        if commit and self._client.accepting_work() and not self._failed:
+        if commit and self.parts.client.accepting_work() and not self._failed:
             self._wait_for_workers(states)
         for state in states:
             state.stop.set()  # no new attempts; requests on the wire complete or time out
         self._wait_for_workers(states)
         if commit and not self._failed:
-            if not self._dlq.flush(timeout=30.0):
+            if not self.parts.dead_letters.flush(timeout=30.0):
                 raise PipelineError("dead letters were not acknowledged within 30s; not committing")
             self._drain_completions()
             self._commit(keys)
         # librdkafka keeps a partition's pause flag across unassign and assign: clear ours before letting go,
         # or a partition we get back later would stay paused with nobody to resume it
         if self._consumer is not None and (paused := [k for k in keys if k in self._paused]):
-            self._consumer.resume([TopicPartition(t, p) for t, p in paused])
+            self._consumer.resume(_partitions(paused))
         for key in keys:
             if (state := self._partitions.pop(key, None)) is not None:
                 state.released = True
             self._paused.discard(key)
+        self.checkpoint.forget(keys)
 
 
-def _describe(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+def _partitions(keys: Iterable[PartitionKey]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in keys]
 
 
-def _refuse_pattern_matching_dlq(pattern: str, dlq_topic: str) -> None:
-    """A pattern subscription must not read our own dead letters back in."""
-    if not dlq_topic:
-        raise PipelineError(f"with a topic pattern ({pattern!r}) set DLQ_TOPIC explicitly: per-topic "
-                            "'<topic>.dlq' names could match the pattern and be consumed again")
-    if re.match(pattern[1:], dlq_topic):
-        raise PipelineError(f"topic pattern {pattern!r} matches the dead-letter topic {dlq_topic!r}; "
-                            "narrow the pattern or choose another DLQ_TOPIC")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_options(parser)
-    parser.add_argument("--exit-when-idle", type=float, metavar="SECONDS", default=None,
-                        help="exit once nothing was read for SECONDS and all work is finished (batch runs)")
-
-
-def install_signal_handlers(pipeline: Pipeline) -> None:
-    """First SIGTERM/SIGINT: drain, commit, exit 0. Second: exit at once, committing nothing more."""
-
-    def handle(signum: int, _frame: object) -> None:
-        if pipeline.shutting_down:
-            log.warning("second signal: exiting now without committing unfinished work")
-            os._exit(128 + signum)
-        log.info("signal %d: draining in-flight deliveries and committing; signal again to exit at once", signum)
-        pipeline.request_shutdown()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def main(args: argparse.Namespace) -> int:
-    configure_logging()
-    settings = load_settings(args)
-    pipeline = Pipeline(settings)
-    consumer = Consumer(pipeline.consumer_config())
-    install_signal_handlers(pipeline)
-    pipeline.subscribe(consumer)
-    stop_when = pipeline.idle_for(args.exit_when_idle) if args.exit_when_idle else None
-    try:
-        pipeline.run(consumer, stop_when=stop_when)
-    finally:
-        consumer.close()
-    totals = pipeline.outcomes.totals()
-    log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
-             "after their partition was released (may be delivered again)", pipeline.stats.read,
-             ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
-             pipeline.stats.aborted, pipeline.stats.duplicate_risk)
-    return 0
+def _describe(keys: Iterable[PartitionKey]) -> str:
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in keys) or "nothing"

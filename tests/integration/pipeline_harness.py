@@ -16,7 +16,9 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from pipeline.config import Settings
 from pipeline.contract.decoder import EventDecoder
 from pipeline.dev.samples import SampleMessage
+from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
+from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import Deliver, Secret
 from pipeline.wigzo.mapping import MappingConfig, map_event
 
@@ -84,10 +86,13 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]
     return messages
 
 
-def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 300.0) -> None:
+def live_pipeline(settings: Settings) -> Pipeline:
+    """A member of the settings' consumer group, built as `wigzo-pipeline run` builds it."""
+    return build_pipeline(settings, GroupSubscription(settings.topics, settings.dlq_topic))
+
+
+def run_until(pipeline: Pipeline, settings: Settings, done: Callable[[], bool], timeout: float = 300.0) -> None:
     """Run a pipeline in this thread until `done` (or the timeout, which fails the test)."""
-    consumer = Consumer(pipeline.consumer_config())
-    pipeline.subscribe(consumer)
     deadline = time.monotonic() + timeout
     timed_out = threading.Event()
 
@@ -97,10 +102,7 @@ def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 300
             return True
         return done()
 
-    try:
-        pipeline.run(consumer, stop_when=stop_when)
-    finally:
-        consumer.close()
+    run_pipeline(pipeline, settings, stop_when=stop_when)
     assert not timed_out.is_set(), f"pipeline did not finish in {timeout}s: read {pipeline.stats.read}, " \
                                    f"outcomes {pipeline.outcomes.totals()}"
 

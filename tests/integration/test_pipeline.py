@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from pipeline.contract.decoder import EventDecoder
 from pipeline.dev.samples import SampleMessage, SampleStream
@@ -28,12 +27,15 @@ from pipeline.kafka.dead_letters import (
 )
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import Outcome, PipelineError
-from pipeline.ops.replay import RedriveFilter, redrive_ranges, resolve_ranges, run_range
+from pipeline.ops.lookups import run_range
+from pipeline.ops.redrive import RedriveFilter, redrive_ranges
+from pipeline.ops.replay import resolve_ranges
 from tests.conftest import TopicFactory
 from tests.integration.pipeline_harness import (
     ORG_TOKEN,
     committed_offsets,
     everything_committed,
+    live_pipeline,
     predicted_requests,
     produce,
     read_all,
@@ -69,8 +71,8 @@ def test_mixed_stream_every_message_ends_in_exactly_one_outcome(
     produce(kafka_bootstrap, topic, samples)
     settings = settings_for(kafka_bootstrap, topic, server.url)
 
-    pipeline = Pipeline(settings)
-    run_until(pipeline, lambda: _all_done(pipeline, len(samples)))
+    pipeline = live_pipeline(settings)
+    run_until(pipeline, settings, lambda: _all_done(pipeline, len(samples)))
 
     totals = pipeline.outcomes.totals()
     assert pipeline.stats.read == len(samples)
@@ -99,8 +101,8 @@ def test_each_users_events_arrive_in_produced_order_at_concurrency_64(
     samples = [s for s in SampleStream(seed=3, users=20).messages(3000) if s.key and s.key != b"garbage"]
     produce(kafka_bootstrap, topic, samples)
     settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=64)
-    pipeline = Pipeline(settings)
-    run_until(pipeline, lambda: _all_done(pipeline, len(samples)))
+    pipeline = live_pipeline(settings)
+    run_until(pipeline, settings, lambda: _all_done(pipeline, len(samples)))
 
     produced_order: dict[str, list[str]] = defaultdict(list)
     decoder = EventDecoder(settings)
@@ -131,7 +133,7 @@ def test_rebalance_mid_stream_loses_nothing(
     produce(kafka_bootstrap, topic, samples)
     settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=8, max_pending_per_partition=100,
                             kafka_config={"partition.assignment.strategy": strategy})
-    first, second = Pipeline(settings), Pipeline(settings)
+    first, second = live_pipeline(settings), live_pipeline(settings)
     finished = threading.Event()
     all_committed = _committed_checker(kafka_bootstrap, settings.group_id, topic, 6)
 
@@ -141,12 +143,12 @@ def test_rebalance_mid_stream_loses_nothing(
     def run_second() -> None:
         while first.outcomes.total() < 500:  # join once the first member is well into the stream
             time.sleep(0.05)
-        run_until(second, finished.is_set)
+        run_until(second, settings, finished.is_set)
 
     joiner = threading.Thread(target=run_second)
     joiner.start()
     try:
-        run_until(first, all_committed)
+        run_until(first, settings, all_committed)
     finally:
         finished.set()
     joiner.join(timeout=120)
@@ -234,8 +236,8 @@ def test_replay_from_a_timestamp_redelivers_exactly_that_range(
     produce(kafka_bootstrap, topic, early, timestamp_ms=split_ms - 60_000)
     produce(kafka_bootstrap, topic, late, timestamp_ms=split_ms + 60_000)
     settings = settings_for(kafka_bootstrap, topic, server.url)
-    live = Pipeline(settings)
-    run_until(live, lambda: _all_done(live, 1000))
+    live = live_pipeline(settings)
+    run_until(live, settings, lambda: _all_done(live, 1000))
     control.reset()
 
     since = datetime.fromtimestamp(split_ms / 1000, UTC).isoformat()
@@ -255,8 +257,8 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
     samples = list(SampleStream(seed=4).messages(1500))
     produce(kafka_bootstrap, topic, samples)
     settings = settings_for(kafka_bootstrap, topic, server.url)
-    live = Pipeline(settings)
-    run_until(live, lambda: _all_done(live, len(samples)))
+    live = live_pipeline(settings)
+    run_until(live, settings, lambda: _all_done(live, len(samples)))
     dlq = settings.dlq_topic_for(topic)
     first_letters = read_all(kafka_bootstrap, dlq)
     rejected = [m for m in first_letters if error_headers(m.headers())["stage"] == "delivery"]
@@ -266,7 +268,7 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
     before = control.count()
     group = f"{settings.group_id}.redrive"
     redrive = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
-                         select=RedriveFilter(stage="delivery"))
+                         reader=RedriveFilter(stage="delivery"))
     totals = redrive.outcomes.totals()
     delivered_now = control.received()[before:]
     assert totals[Outcome.DELIVERED] == len(delivered_now) > 0
@@ -280,7 +282,7 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
         error_names = Counter(k for k, _ in letter.headers() if k.startswith(HEADER_PREFIX))
         assert set(error_names.values()) == {1}, "the new context replaces the old one, it is not appended"
     second = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
-                        select=RedriveFilter(stage="delivery", error_class="no-such-class"))
+                        reader=RedriveFilter(stage="delivery", error_class="no-such-class"))
     assert second.outcomes.totals()[Outcome.DELIVERED] == 0, "a second redrive resumes after the first"
 
 
@@ -291,9 +293,9 @@ def test_unwritable_dead_letter_topic_halts_without_committing(
     produce(kafka_bootstrap, topic, [SampleMessage(b"k", b"not an event %d" % n, "garbage") for n in range(20)])
     settings = settings_for(kafka_bootstrap, topic, server.url, dlq_topic="bad topic name!")
     settings = dataclasses.replace(settings, kafka_config={"message.timeout.ms": "3000"})
-    pipeline = Pipeline(settings)
+    pipeline = live_pipeline(settings)
     with pytest.raises(DeadLetterWriteError):
-        run_until(pipeline, lambda: False, timeout=60)
+        run_until(pipeline, settings, lambda: False, timeout=60)
     assert committed_offsets(kafka_bootstrap, settings.group_id, topic, 1)[0] < 0, \
         "nothing may be committed once the dead-letter topic fails"
 
@@ -308,8 +310,8 @@ def test_a_wigzo_outage_pauses_consumption_and_dead_letters_nothing(
     expected = predicted_requests(settings, topic, samples)
     deliverable_stages = Counter()
     control.set_faults(outage_seconds=8)  # Wigzo answers 503 to everything for 8 seconds
-    pipeline = Pipeline(settings)
-    run_until(pipeline, lambda: _all_done(pipeline, len(samples)), timeout=180)
+    pipeline = live_pipeline(settings)
+    run_until(pipeline, settings, lambda: _all_done(pipeline, len(samples)), timeout=180)
 
     assert received_requests(control.received()) == expected, "everything arrives after the outage"
     for letter in read_all(kafka_bootstrap, settings.dlq_topic_for(topic)):
@@ -328,11 +330,11 @@ def test_a_topic_pattern_subscription_reads_every_match_but_never_its_dead_lette
         produce(kafka_bootstrap, topic, samples)
     pattern = f"^{prefix}-[0-9a-f]+$"
     with pytest.raises(PipelineError, match="set DLQ_TOPIC explicitly"):
-        Pipeline(settings_for(kafka_bootstrap, pattern, server.url)).subscribe(Consumer({"group.id": "x"}))
+        live_pipeline(settings_for(kafka_bootstrap, pattern, server.url))
 
     dead_letters = make_topic(partitions=2, prefix=f"{prefix}-dead")
     settings = settings_for(kafka_bootstrap, pattern, server.url, dlq_topic=dead_letters)
-    pipeline = Pipeline(settings)
-    run_until(pipeline, lambda: _all_done(pipeline, 2 * len(samples)))
+    pipeline = live_pipeline(settings)
+    run_until(pipeline, settings, lambda: _all_done(pipeline, 2 * len(samples)))
     assert pipeline.stats.read == 2 * len(samples)
     assert len(read_all(kafka_bootstrap, dead_letters)) == pipeline.outcomes.totals()[Outcome.DEAD_LETTERED] > 0

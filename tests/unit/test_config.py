@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 import pytest
 
-from pipeline.config import ConfigError, Settings, add_options, load_settings
+from pipeline.config import OPTIONS, ConfigError, Settings, add_options, load_settings
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.policy import Verdict
 
@@ -90,3 +91,10 @@ def test_retry_statuses_reach_the_delivery_policy() -> None:
         assert client._policy.classify_status(408) is Verdict.PERMANENT
     finally:
         client.close()
+
+
+def test_every_option_is_a_settings_field_whose_default_applies_when_unset() -> None:
+    defaults = Settings()
+    names = {f.name for f in fields(Settings)}
+    assert {option.attr for option in OPTIONS} <= names
+    assert load_settings(None, environ={}) == defaults

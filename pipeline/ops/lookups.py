@@ -1,0 +1,113 @@
+"""What operator commands ask Kafka before they act (partitions, watermarks, offsets by time), how they
+parse times, and how they run and report an offset range through the pipeline."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.kafka.assignment import OffsetRanges
+from pipeline.kafka.checkpoint import PartitionKey
+from pipeline.kafka.pipeline import Pipeline
+from pipeline.kafka.runner import build_pipeline, run_pipeline
+from pipeline.model import PipelineError, Skip
+
+Ranges = dict[PartitionKey, tuple[int, int]]
+
+
+def parse_time(text: str) -> int:
+    """ISO-8601 (naive means UTC) to epoch milliseconds, as Kafka timestamps are."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PipelineError(f"{text!r} is not an ISO time; write it like 2026-11-29T18:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def lookup_consumer(settings: Settings, group: str | None = None) -> Consumer:
+    """A consumer for metadata, watermarks and committed offsets; it never subscribes or commits."""
+    return Consumer({**settings.kafka_client_config(), "group.id": group or f"{settings.group_id}.lookup",
+                     "enable.auto.commit": False})
+
+
+def watermarks(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets per partition."""
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+
+
+def partitions_of(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise PipelineError(f"topic {topic!r} does not exist; check the name (and KAFKA_BOOTSTRAP_SERVERS)")
+    return sorted(metadata.partitions)
+
+
+def offsets_at(consumer: Consumer, topic: str, partitions: list[int], epoch_ms: int) -> dict[int, int]:
+    """First offset at or after the time per partition; the end of the partition if there is none."""
+    found = consumer.offsets_for_times([TopicPartition(topic, p, epoch_ms) for p in partitions], timeout=10)
+    past_the_end = [tp.partition for tp in found if tp.offset < 0]
+    ends = {p: high for p, (_, high) in watermarks(consumer, topic, past_the_end).items()}
+    return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition] for tp in found}
+
+
+def print_ranges(ranges: Ranges) -> None:
+    print(f"{'topic':<30} {'partition':>9} {'from':>10} {'to':>10} {'messages':>9}")
+    for (topic, partition), (start, end) in sorted(ranges.items()):
+        print(f"{topic:<30} {partition:>9} {start:>10} {end:>10} {end - start:>9}")
+    print(f"{'total':<30} {'':>9} {'':>10} {'':>10} {sum(e - s for s, e in ranges.values()):>9}")
+
+
+class Progress:
+    """A one-line progress bar on stderr with events/s and ETA; silent when stderr is not a terminal
+    except for a line every few seconds, so logs stay readable."""
+
+    def __init__(self, total: int, read: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
+        self._total, self._read, self._clock = total, read, clock
+        self._started = self._last = clock()
+        self._interval = 0.5 if sys.stderr.isatty() else 5.0
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            self.show(end="\r" if sys.stderr.isatty() else "\n")
+
+    def show(self, end: str = "\n") -> None:
+        done, elapsed = self._read(), max(self._clock() - self._started, 1e-9)
+        rate = done / elapsed
+        eta = (self._total - done) / rate if rate else float("inf")
+        width = 30
+        filled = int(width * done / self._total) if self._total else width
+        print(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self._total}  {rate:,.0f} ev/s  "
+              f"ETA {eta:,.0f}s   ", end=end, file=sys.stderr, flush=True)
+
+
+def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool,
+              reader: Callable[[Message], Message | Skip] | None = None) -> Pipeline:
+    """Process [start, end) of each partition under manual assignment, with a progress line."""
+    pipeline = build_pipeline(settings, OffsetRanges(ranges), reader=reader, commit=commit)
+    progress = Progress(sum(end - start for start, end in ranges.values()), lambda: pipeline.stats.read)
+
+    def done() -> bool:
+        progress.tick()
+        return pipeline.finished()
+
+    try:
+        run_pipeline(pipeline, settings, group_id=group_id, stop_when=done)
+    finally:
+        progress.show()
+    return pipeline
+
+
+def report(title: str, pipeline: Pipeline) -> None:
+    print(f"\n{title}: read {pipeline.stats.read} messages")
+    print(pipeline.outcomes.report())
+    if pipeline.stats.aborted:
+        print(f"interrupted before finishing: {pipeline.stats.aborted} (not committed; run again to finish)")

@@ -1,0 +1,105 @@
+"""`wigzo-pipeline redrive`: reprocess dead letters through the current code and configuration.
+
+It reads the dead-letter topic under manual assignment up to its end as of now, and keeps its own cursor
+in the group `<group>.redrive`, so a second redrive does not send the same dead letters again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from confluent_kafka import Message, TopicPartition
+
+from pipeline.config import Settings, add_options, load_settings
+from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.logs import configure_logging
+from pipeline.model import STAGES, Skip
+from pipeline.ops.lookups import (
+    Ranges,
+    lookup_consumer,
+    parse_time,
+    partitions_of,
+    print_ranges,
+    report,
+    run_range,
+    watermarks,
+)
+
+
+def as_original(letter: Message, context: dict[str, str]) -> Message:
+    """The dead letter seen as the message it was: original topic, partition and offset; its headers (with the
+    earlier failure context, which the next dead letter accumulates) unchanged."""
+    return Message(topic=context.get("topic", ""), partition=int(context.get("partition", "-1")),
+                   offset=int(context.get("offset", "-1")), key=letter.key(), value=letter.value(),
+                   headers=letter.headers(), timestamp=letter.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveFilter:
+    stage: str | None = None
+    error_class: str | None = None
+    failed_since_ms: int | None = None
+    failed_until_ms: int | None = None
+
+    def __call__(self, message: Message) -> Message | Skip:
+        context = error_headers(message.headers())
+        if not context:
+            return Skip("not a dead letter (no __wigzo.errors headers)")
+        if self.stage and context.get("stage") != self.stage:
+            return Skip("redrive filter: other stage")
+        if self.error_class and context.get("class") != self.error_class:
+            return Skip("redrive filter: other error class")
+        if self.failed_since_ms or self.failed_until_ms:
+            failed_at = parse_time(context.get("last.failure", "1970-01-01T00:00:00Z"))
+            if self.failed_since_ms and failed_at < self.failed_since_ms:
+                return Skip("redrive filter: failed earlier")
+            if self.failed_until_ms and failed_at >= self.failed_until_ms:
+                return Skip("redrive filter: failed later")
+        return as_original(message, context)
+
+
+def redrive_ranges(settings: Settings, dlq_topic: str, group: str) -> Ranges:
+    """From the redrive group's cursor (or the start) to the end as of now: letters that fail again are
+    appended after that end, so one redrive never loops on its own output."""
+    consumer = lookup_consumer(settings, group)
+    try:
+        partitions = partitions_of(consumer, dlq_topic)
+        committed = consumer.committed([TopicPartition(dlq_topic, p) for p in partitions], timeout=10)
+        marks = watermarks(consumer, dlq_topic, partitions)
+        ranges = {}
+        for tp in committed:
+            low, high = marks[tp.partition]
+            start = tp.offset if tp.offset >= 0 else low
+            ranges[(dlq_topic, tp.partition)] = (max(start, low), high)
+        return ranges
+    finally:
+        consumer.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser)
+    parser.add_argument("--from-topic", metavar="DLQ", help="dead-letter topic to read (default: that of the "
+                                                            "first KAFKA_TOPICS entry)")
+    parser.add_argument("--stage", choices=STAGES, help="only dead letters of this stage")
+    parser.add_argument("--error-class", help=f"only dead letters whose {HEADER_PREFIX}class is this")
+    parser.add_argument("--failed-since", metavar="ISO_TIME", help="only dead letters that last failed since")
+    parser.add_argument("--failed-until", metavar="ISO_TIME", help="...and before this time")
+    parser.add_argument("--redrive-group", metavar="GROUP",
+                        help="consumer group that remembers how far redrive got (default '<group>.redrive'); "
+                             "a new name re-reads the whole dead-letter topic")
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging()
+    settings = load_settings(args)
+    dlq_topic = args.from_topic or settings.dlq_topic_for(settings.topics[0])
+    group = args.redrive_group or f"{settings.group_id}.redrive"
+    select = RedriveFilter(args.stage, args.error_class,
+                           parse_time(args.failed_since) if args.failed_since else None,
+                           parse_time(args.failed_until) if args.failed_until else None)
+    ranges = redrive_ranges(settings, dlq_topic, group)
+    print_ranges(ranges)
+    pipeline = run_range(settings, ranges, group, commit=True, reader=select)
+    report(f"redrive of {dlq_topic} finished", pipeline)
+    return 0
