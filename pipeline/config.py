@@ -22,6 +22,8 @@ KAFKA_PASSTHROUGH_PREFIX = "KAFKA_OPT_"
 ORDERING_MODES = ("key", "partition", "unordered")
 DEFAULT_RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
+LOG_FORMATS = ("auto", "json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(PipelineError):
@@ -32,6 +34,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port from 1 to 65535, or 0 to turn it off")
     return value
 
 
@@ -137,6 +146,16 @@ OPTIONS: tuple[Option, ...] = (
            "seconds an event may keep retrying before it is dead-lettered (same condition)"),
     Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
            _positive_int, "messages read but not finished per partition before it is paused"),
+    Option("systemic_failure_threshold", "WIGZO_SYSTEMIC_FAILURE_THRESHOLD", "--systemic-failure-threshold",
+           _positive_int, "distinct events failing the same way in a row, with no success between, that make it "
+           "a configuration problem: delivery pauses instead of dead-lettering more"),
+    Option("startup_timeout", "STARTUP_TIMEOUT", "--startup-timeout", _positive_float,
+           "seconds to reach the broker, find the topics and join the group before a batch run gives up"),
+    Option("metrics_port", "METRICS_PORT", "--metrics-port", _port,
+           "port serving /metrics, /healthz and /readyz; 0 turns it off"),
+    Option("log_format", "LOG_FORMAT", "--log-format", _choice(LOG_FORMATS),
+           "json, text, or auto (json unless stderr is a terminal)"),
+    Option("log_level", "LOG_LEVEL", "--log-level", _choice(LOG_LEVELS), "DEBUG, INFO, WARNING or ERROR"),
 )
 
 
@@ -164,6 +183,11 @@ class Settings:
     max_attempts: int = 10
     retry_budget_seconds: float = 300.0
     max_pending_per_partition: int = 250
+    systemic_failure_threshold: int = 10
+    startup_timeout: float = 60.0
+    metrics_port: int = 9400
+    log_format: str = "auto"
+    log_level: str = "INFO"
     kafka_config: Mapping[str, str] = field(default_factory=dict)
 
     def dlq_topic_for(self, source_topic: str) -> str:

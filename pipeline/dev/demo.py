@@ -26,7 +26,7 @@ from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.dead_letters import error_headers
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
-from pipeline.logs import configure_logging
+from pipeline.telemetry.logs import configure_logging
 from pipeline.model import Secret
 
 DEMO_ORG_TOKEN = "demo-org-token"

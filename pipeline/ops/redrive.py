@@ -13,7 +13,7 @@ from confluent_kafka import Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
-from pipeline.logs import configure_logging
+from pipeline.telemetry.logs import configure_logging
 from pipeline.model import STAGES, Skip
 from pipeline.ops.lookups import (
     Ranges,

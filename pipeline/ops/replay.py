@@ -10,7 +10,7 @@ import argparse
 import time
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.logs import configure_logging
+from pipeline.telemetry.logs import configure_logging
 from pipeline.model import PipelineError
 from pipeline.ops.lookups import (
     Ranges,

@@ -11,7 +11,7 @@ from pipeline.config import add_options, load_settings
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
-from pipeline.logs import configure_logging
+from pipeline.telemetry.logs import configure_logging
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,38 @@
+"""The Prometheus metrics every part of the pipeline reports to, served on METRICS_PORT at /metrics.
+
+Labels stay bounded: topics, partitions, stages, outcome names, status classes and retry reasons; never
+user ids, message ids or free-form reasons. Metrics are module-level (prometheus-client's usual pattern),
+so a process serves the sum over every pipeline it runs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "wigzo_pipeline"
+
+MESSAGES_CONSUMED = Counter(f"{PREFIX}_messages_consumed", "Messages read from Kafka", ["topic"])
+OUTCOMES = Counter(f"{PREFIX}_outcomes", "Final outcome of each message read (stage: of a dead letter)",
+                   ["outcome", "stage"])
+DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic", ["stage"])
+CONSUMER_LAG = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the partition's high watermark",
+                     ["topic", "partition"], multiprocess_mode="max")
+
+HTTP_REQUESTS = Counter(f"{PREFIX}_http_requests", "Requests sent to Wigzo, by answer", ["status_class"])
+HTTP_DURATION = Histogram(f"{PREFIX}_http_request_duration_seconds", "Time from sending a request to Wigzo's answer",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RETRIES = Counter(f"{PREFIX}_retries", "Deliveries attempted again, by why", ["reason"])
+IN_FLIGHT = Gauge(f"{PREFIX}_in_flight", "Requests to Wigzo on the wire", multiprocess_mode="livesum")
+CONCURRENCY_LIMIT = Gauge(f"{PREFIX}_concurrency_limit", "Requests allowed in flight (lowered while throttled)",
+                          multiprocess_mode="livesum")
+CIRCUIT_OPEN = Gauge(f"{PREFIX}_circuit_open", "1 while Wigzo is failing and delivery is paused",
+                     multiprocess_mode="max")
+AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", multiprocess_mode="max")
+EVENT_TO_DELIVERY = Histogram(f"{PREFIX}_event_to_delivery_seconds",
+                              "From the event's timestamp to Wigzo's 2xx",
+                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+
+
+def status_class(status: int | None) -> str:
+    """'2xx'..'5xx', or 'error' when no answer came (timeout, refused connection)."""
+    return "error" if status is None else f"{status // 100}xx"
