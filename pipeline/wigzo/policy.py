@@ -2,7 +2,7 @@
 
 Everything here is deterministic given a clock value and a `random.Random`, so the rules that decide
 whether an event is retried, dead-lettered or held back during an outage are unit-tested exactly.
-`pipeline.wigzo.client` does the HTTP and the locking around these state machines.
+`pipeline.wigzo.client` does the locking around these state machines and `pipeline.wigzo.transport` the HTTP.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timezone
 from enum import StrEnum
-
-import requests
+from typing import TYPE_CHECKING
 
 from pipeline.config import DEFAULT_RETRY_STATUSES
+
+if TYPE_CHECKING:  # only the type: importing the transport would load the HTTP library
+    from pipeline.wigzo.transport import TransportError
 
 
 class Verdict(StrEnum):
@@ -61,13 +63,9 @@ class DeliveryPolicy:
         return Verdict.PERMANENT
 
 
-def classify_exception(exc: BaseException) -> Verdict:
+def classify_exception(exc: TransportError) -> Verdict:
     """Network trouble is transient; a request that cannot even be built never will be."""
-    if isinstance(exc, (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-        return Verdict.RETRY
-    if isinstance(exc, requests.RequestException):
-        return Verdict.PERMANENT
-    return Verdict.RETRY  # a bare OSError from the socket layer
+    return Verdict.RETRY if exc.transient else Verdict.PERMANENT
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

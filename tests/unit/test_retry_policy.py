@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
 import pytest
-import requests
 
 from pipeline.wigzo.policy import (
     CircuitBreaker,
@@ -23,6 +24,7 @@ from pipeline.wigzo.policy import (
     parse_retry_after,
     retry_delay,
 )
+from pipeline.wigzo.transport import TransportError
 
 POLICY = DeliveryPolicy()
 
@@ -47,16 +49,18 @@ def test_the_classifier_is_configurable() -> None:
 
 
 @pytest.mark.parametrize("exc, verdict", [
-    (requests.ConnectTimeout(), Verdict.RETRY),
-    (requests.ReadTimeout(), Verdict.RETRY),
-    (requests.ConnectionError(), Verdict.RETRY),
-    (requests.exceptions.SSLError(), Verdict.RETRY),
-    (requests.exceptions.ChunkedEncodingError(), Verdict.RETRY),
-    (ConnectionResetError(), Verdict.RETRY),
-    (requests.exceptions.InvalidHeader(), Verdict.PERMANENT),
+    (TransportError("ReadTimeout", "read timed out", transient=True), Verdict.RETRY),
+    (TransportError("InvalidHeader", "bad header", transient=False), Verdict.PERMANENT),
 ])
-def test_network_trouble_is_retried_and_unbuildable_requests_are_not(exc: BaseException, verdict: Verdict) -> None:
+def test_network_trouble_is_retried_and_unbuildable_requests_are_not(exc: TransportError, verdict: Verdict) -> None:
+    """Which requests exception is which: tests/unit/test_transport.py."""
     assert classify_exception(exc) is verdict
+
+
+def test_the_policy_loads_no_http_library() -> None:
+    probe = "import sys, pipeline.wigzo.policy; print(sorted({'requests', 'urllib3'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
