@@ -1,14 +1,18 @@
-"""Configuration: one table of settings, each readable from an environment variable or a flag.
+"""Configuration: one table of settings, each readable from a flag, an environment variable or a TOML file.
 
-The environment-variable names are public interface (deployments depend on them): keep them stable.
-A flag always wins over the environment; the environment wins over the default.
+The environment-variable names and the config file's keys are public interface (deployments depend on them):
+keep them stable. A flag wins over the environment, the environment over the config file, the file over the
+default; every source's text goes through the same parser, so validation is the same wherever a value comes from.
+Credentials become `Secret` as they are read, and may come from files (`WIGZO_ORG_TOKEN_FILE`, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
-from collections.abc import Callable, Mapping
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,11 @@ from pipeline.model import PipelineError, Secret
 
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 KAFKA_PASSTHROUGH_PREFIX = "KAFKA_OPT_"
+CONFIG_ENV = "WIGZO_PIPELINE_CONFIG"
+KAFKA_TABLE = "kafka"  # the config file's table of librdkafka settings
+SECRET_FILE_SUFFIX = "_file"  # `wigzo_org_token_file`, `sasl.password_file`; `_FILE` in environment names
+# librdkafka settings holding credentials: the ones librdkafka itself treats as sensitive
+KAFKA_SECRET_MARKERS = ("password", "secret", "passphrase", "key.pem", "oauthbearer.config")
 ORDERING_MODES = ("key", "partition", "unordered")
 DEFAULT_RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
@@ -188,7 +197,7 @@ class Settings:
     metrics_port: int = 9400
     log_format: str = "auto"
     log_level: str = "INFO"
-    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)  # credentials as Secret
 
     def dlq_topic_for(self, source_topic: str) -> str:
         return self.dlq_topic or f"{source_topic}.dlq"
@@ -196,17 +205,24 @@ class Settings:
     def require_org_token(self) -> None:
         if not self.wigzo_org_token:
             raise ConfigError(
-                "WIGZO_ORG_TOKEN is not set: export it (or pass --wigzo-org-token) with the Organization "
-                "Token from Wigzo under Settings > Integration"
+                "WIGZO_ORG_TOKEN is not set: export it (or WIGZO_ORG_TOKEN_FILE naming a file that holds it; "
+                "wigzo_org_token_file in the config file) with the Organization Token from Wigzo under "
+                "Settings > Integration"
             )
 
     def kafka_client_config(self) -> dict[str, str]:
-        """Settings shared by every librdkafka client; user pass-through settings win."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
+        """Settings shared by every librdkafka client, credentials revealed (for librdkafka only); user
+        pass-through settings win."""
+        passthrough = {key: value.reveal() if isinstance(value, Secret) else value
+                       for key, value in self.kafka_config.items()}
+        return {"bootstrap.servers": self.bootstrap_servers, **passthrough}
 
 
 def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) -> None:
-    """Add the flags for the named settings (all when None); their defaults stay unresolved."""
+    """Add the flags for the named settings (all when None) and --config; their defaults stay unresolved."""
+    parser.add_argument("--config", dest="config", default=None, metavar="FILE",
+                        help="TOML file of settings; flags and environment variables override it "
+                             f"(see docs/configuration.md) [env {CONFIG_ENV}]")
     for option in OPTIONS:
         if attrs is None or option.attr in attrs:
             parser.add_argument(option.flag, dest=option.attr, default=None, metavar=option.env,
@@ -218,34 +234,216 @@ def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) 
                                  f"also env {KAFKA_PASSTHROUGH_PREFIX}<KEY> with '.' written as '_'")
 
 
-def _passthrough_from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    config = {}
+def _is_kafka_secret(key: str) -> bool:
+    """A librdkafka setting holding a credential is kept as a Secret from the moment it is read."""
+    return any(marker in key for marker in KAFKA_SECRET_MARKERS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """One setting's text as one source holds it, with the name an error should give that source."""
+
+    name: str  # e.g. "--max-in-flight", "WIGZO_MAX_IN_FLIGHT", "max_in_flight", "[kafka] sasl.password"
+    text: str
+    from_file: bool = False  # `text` is the path of a file holding the (secret) value
+    origin: str = ""  # the config file's path, for a value from it
+
+    @property
+    def where(self) -> str:
+        return f"{self.origin}: {self.name}" if self.origin else self.name
+
+    def value(self) -> str:
+        """The text, or the secret file's content without its trailing newline (as `echo token > file` leaves)."""
+        if not self.from_file:
+            return self.text
+        try:
+            content = Path(self.text).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{self.where}={self.text!r}: cannot read the secret file ({exc.strerror or exc}); "
+                              "fix the path or the file's permissions") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.where}={self.text!r}: the secret file is not UTF-8 text") from None
+        value = content.rstrip("\r\n")
+        if not value:
+            raise ConfigError(f"{self.where}={self.text!r}: the secret file is empty; write the secret into it")
+        return value
+
+
+def _both_set(first: _Raw, second: _Raw) -> ConfigError:
+    """A value and its _FILE form in one source: which one was meant is a guess, so neither is."""
+    prefix = f"{first.origin}: " if first.origin else ""
+    return ConfigError(f"{prefix}{first.name} and {second.name} are both set: keep only one of them")
+
+
+def _from_flag(option: Option, args: argparse.Namespace | None) -> _Raw | None:
+    value = getattr(args, option.attr, None) if args is not None else None
+    return _Raw(option.flag, value) if value else None
+
+
+def _from_env(option: Option, environ: Mapping[str, str]) -> _Raw | None:
+    """`WIGZO_ORG_TOKEN`, or for a secret `WIGZO_ORG_TOKEN_FILE` naming a file that holds it (not both)."""
+    direct = _Raw(option.env, environ[option.env]) if environ.get(option.env) else None
+    file_env = f"{option.env}{SECRET_FILE_SUFFIX.upper()}"
+    if not (option.secret and environ.get(file_env)):
+        return direct
+    from_file = _Raw(file_env, environ[file_env], from_file=True)
+    if direct is not None:
+        raise _both_set(direct, from_file)
+    return from_file
+
+
+def _toml_text(where: str, value: object, secret: bool) -> str:
+    """A TOML value as the text an environment variable would hold, so one parser validates both.
+
+    Arrays become comma-separated (`topics = ["a", "b"]` is `KAFKA_TOPICS=a,b`), booleans `true`/`false`.
+    """
+    items = value if isinstance(value, list) else [value]
+    texts = []
+    for item in items:
+        if isinstance(item, bool):
+            texts.append("true" if item else "false")
+        elif isinstance(item, (str, int, float)):
+            texts.append(str(item))
+        else:
+            shown = "***" if secret else repr(value)[:80]
+            raise ConfigError(f"{where}={shown} is invalid: must be a string, a number, a boolean or an array of them")
+    return ",".join(texts)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`sasl.password = ...` written bare is a nested table in TOML; librdkafka wants the dotted name."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _kafka_entries(items: Iterable[tuple[str, str, str]], origin: str = "") -> dict[str, _Raw]:
+    """One source's (name, label in errors, text) librdkafka settings by name; `<secret name>_file` names a file
+    holding that secret.
+
+    A name repeated in one source keeps its last value (as repeated flags do); a secret given both directly
+    and as a file is an error.
+    """
+    entries: dict[str, _Raw] = {}
+    for name, label, text in items:
+        base = name.removesuffix(SECRET_FILE_SUFFIX)
+        from_file = base != name and _is_kafka_secret(base)
+        key = base if from_file else name
+        raw = _Raw(label, text, from_file, origin)
+        previous = entries.get(key)
+        if previous is not None and previous.from_file != from_file:
+            raise _both_set(previous, raw)
+        entries[key] = raw
+    return entries
+
+
+def _kafka_from_env(environ: Mapping[str, str]) -> dict[str, _Raw]:
+    """`KAFKA_OPT_SASL_MECHANISMS` is `sasl.mechanisms`; `KAFKA_OPT_SASL_PASSWORD_FILE` names a file holding
+    `sasl.password` (only for secrets: `..._PRIVATE_KEY_FILE` is a librdkafka setting of its own)."""
+    items = []
     for name, value in environ.items():
         if name.startswith(KAFKA_PASSTHROUGH_PREFIX):
-            config[name[len(KAFKA_PASSTHROUGH_PREFIX):].lower().replace("_", ".")] = value
-    return config
+            stem = name[len(KAFKA_PASSTHROUGH_PREFIX):]
+            base = stem.removesuffix(SECRET_FILE_SUFFIX.upper()).lower().replace("_", ".")
+            is_file = stem.endswith(SECRET_FILE_SUFFIX.upper()) and _is_kafka_secret(base)
+            items.append((base + SECRET_FILE_SUFFIX if is_file else stem.lower().replace("_", "."), name, value))
+    return _kafka_entries(items)
+
+
+def _kafka_from_flags(args: argparse.Namespace | None) -> dict[str, _Raw]:
+    items = []
+    for item in (getattr(args, "kafka_config", None) or []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--kafka-config {item.split('=')[0]!r} is invalid: write it as KEY=VALUE")
+        items.append((key.strip(), f"--kafka-config {key.strip()}", value))
+    return _kafka_entries(items)
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfigFile:
+    """The TOML file's settings as text: keys and value types checked, values not parsed yet (an overridden
+    value is never parsed, as for the environment)."""
+
+    settings: Mapping[str, _Raw]  # by Settings attribute; a `<secret>_file` key is stored under its attribute
+    kafka: Mapping[str, _Raw]  # by librdkafka name
+
+    @classmethod
+    def read(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> _ConfigFile:
+        """The file named by --config, else by WIGZO_PIPELINE_CONFIG; no file is an empty one."""
+        flag = getattr(args, "config", None) if args is not None else None
+        where, path = ("--config", flag) if flag else (CONFIG_ENV, environ.get(CONFIG_ENV, ""))
+        if not path:
+            return cls({}, {})
+        try:
+            with open(path, "rb") as file:
+                document = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"{where}={path!r}: cannot read the config file ({exc.strerror or exc}); "
+                              "fix the path or the file's permissions") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: invalid TOML: the file is not UTF-8 text") from None
+        return cls.parse(path, document)
+
+    @classmethod
+    def parse(cls, path: str, document: Mapping[str, Any]) -> _ConfigFile:
+        options = {option.attr: option for option in OPTIONS}
+        file_keys = {f"{option.attr}{SECRET_FILE_SUFFIX}": option for option in OPTIONS if option.secret}
+        settings: dict[str, _Raw] = {}
+        for key, value in document.items():
+            if key == KAFKA_TABLE:
+                continue
+            option = options.get(key) or file_keys.get(key)
+            if option is None:
+                valid = sorted([*options, *file_keys, KAFKA_TABLE])
+                close = difflib.get_close_matches(key.lower(), valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; the settings are {', '.join(valid)}"
+                raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
+            text = _toml_text(f"{path}: {key}", value, option.secret)
+            if not text:
+                continue  # empty is unset, as in the environment
+            raw = _Raw(key, text, from_file=key in file_keys, origin=path)
+            if option.attr in settings:
+                raise _both_set(settings[option.attr], raw)
+            settings[option.attr] = raw
+        table = document.get(KAFKA_TABLE, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f'{path}: {KAFKA_TABLE!r} must be a table of librdkafka settings: write [{KAFKA_TABLE}] '
+                              'and below it lines such as "security.protocol" = "SASL_SSL"')
+        kafka = _kafka_entries(((name, f"[{KAFKA_TABLE}] {name}",
+                                 _toml_text(f"{path}: [{KAFKA_TABLE}] {name}", value, _is_kafka_secret(name)))
+                                for name, value in _flatten(table).items()), origin=path)
+        return cls(settings, kafka)
 
 
 def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve every setting from flag, then environment, then default; raise ConfigError naming the source."""
+    """Resolve every setting from flag, then environment, then config file, then default; an empty value is unset.
+
+    Raise ConfigError naming the source (and showing `***` for a secret's value).
+    """
     environ = os.environ if environ is None else environ
+    config_file = _ConfigFile.read(args, environ)
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        flag_value = getattr(args, option.attr, None) if args is not None else None
-        source, raw = ((option.flag, flag_value) if flag_value is not None
-                       else (option.env, environ.get(option.env)))
-        if raw is None or raw == "":
+        raw = _from_flag(option, args) or _from_env(option, environ) or config_file.settings.get(option.attr)
+        if raw is None:
             continue  # Settings' own default
+        text = raw.value()
         try:
-            values[option.attr] = option.parse(raw)
+            values[option.attr] = option.parse(text)
         except (ValueError, OSError) as exc:
-            shown = "***" if option.secret else repr(raw)[:80]
-            raise ConfigError(f"{source}={shown} is invalid: {exc}") from None
-    kafka_config = _passthrough_from_env(environ)
-    for item in (getattr(args, "kafka_config", None) or []):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--kafka-config {item.split('=')[0]!r} is invalid: write it as KEY=VALUE")
-        kafka_config[key.strip()] = value
+            shown = "***" if option.secret else repr(text)[:80]
+            raise ConfigError(f"{raw.where}={shown} is invalid: {exc}") from None
+    merged = {**config_file.kafka, **_kafka_from_env(environ), **_kafka_from_flags(args)}
+    kafka_config: dict[str, str | Secret] = {}
+    for key, raw in merged.items():
+        text = raw.value()
+        kafka_config[key] = Secret(text) if _is_kafka_secret(key) else text
     values["kafka_config"] = kafka_config
     return Settings(**values)

@@ -1,13 +1,16 @@
-"""Settings resolve flag > environment > default, and bad values fail with the variable's name."""
+"""Settings resolve flag > environment > config file > default, bad values fail naming their source, and
+secrets stay secret wherever they come from."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from pipeline.config import OPTIONS, ConfigError, Settings, add_options, load_settings
+from pipeline.model import Secret
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.policy import Verdict
 
@@ -98,3 +101,245 @@ def test_every_option_is_a_settings_field_whose_default_applies_when_unset() -> 
     names = {f.name for f in fields(Settings)}
     assert {option.attr for option in OPTIONS} <= names
     assert load_settings(None, environ={}) == defaults
+
+
+# --- the config file, precedence and secrets from files ---------------------------------------------------------
+
+LAYER_VALUES = {  # what each source sets, and what Settings holds when that source wins
+    "flag": ("from-flag", 1, "flag-client"),
+    "env": ("from-env", 2, "env-client"),
+    "file": ("from-file", 3, "file-client"),
+    "default": ("segment-wigzo", 64, None),
+}
+
+
+def _config(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("given", "winner"),
+    [
+        ((), "default"),
+        (("file",), "file"),
+        (("env",), "env"),
+        (("flag",), "flag"),
+        (("env", "file"), "env"),
+        (("flag", "file"), "flag"),
+        (("flag", "env"), "flag"),
+        (("flag", "env", "file"), "flag"),
+    ],
+)
+def test_precedence_is_flag_then_environment_then_file_then_default(
+        tmp_path: Path, given: tuple[str, ...], winner: str) -> None:
+    group, in_flight, client = LAYER_VALUES["file"]
+    config = _config(tmp_path, f'group_id = "{group}"\nmax_in_flight = {in_flight}\n[kafka]\n"client.id" = "{client}"\n'
+                     if "file" in given else "")
+    argv = ["--config", str(config)]
+    if "flag" in given:
+        group, in_flight, client = LAYER_VALUES["flag"]
+        argv += ["--group-id", group, "--max-in-flight", str(in_flight), "--kafka-config", f"client.id={client}"]
+    environ: dict[str, str] = {}
+    if "env" in given:
+        group, in_flight, client = LAYER_VALUES["env"]
+        environ = {"KAFKA_GROUP_ID": group, "WIGZO_MAX_IN_FLIGHT": str(in_flight), "KAFKA_OPT_CLIENT_ID": client}
+    settings = load_settings(_args(*argv), environ=environ)
+    assert (settings.group_id, settings.max_in_flight, settings.kafka_config.get("client.id")) == LAYER_VALUES[winner]
+
+
+def test_config_flag_wins_over_config_environment_variable(tmp_path: Path) -> None:
+    from_flag = _config(tmp_path, 'group_id = "flag-file"', "flag.toml")
+    from_env = _config(tmp_path, 'group_id = "env-file"', "env.toml")
+    assert load_settings(_args(), environ={"WIGZO_PIPELINE_CONFIG": str(from_env)}).group_id == "env-file"
+    assert load_settings(_args("--config", str(from_flag)),
+                         environ={"WIGZO_PIPELINE_CONFIG": str(from_env)}).group_id == "flag-file"
+
+
+def test_every_command_taking_settings_gets_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_options(parser, {"bootstrap_servers"})  # as reset-offsets does
+    assert parser.parse_args(["--config", "c.toml"]).config == "c.toml"
+
+
+def test_file_values_take_toml_types_and_the_environment_spelling(tmp_path: Path) -> None:
+    config = _config(tmp_path, """
+        topics = ["orders", "clicks"]
+        retry_statuses = [409, 503]
+        read_timeout = 2.5
+        input_formats = "json,orders=avro"
+        [kafka]
+        "security.protocol" = "SASL_SSL"
+        sasl.mechanisms = "PLAIN"            # bare dotted keys are nested tables in TOML: flattened back
+        "fetch.max.bytes" = 1048576
+        "enable.partition.eof" = false
+        """)
+    settings = load_settings(_args("--config", str(config)), environ={})
+    assert settings.topics == ("orders", "clicks")
+    assert settings.retry_statuses == frozenset({409, 503})
+    assert settings.read_timeout == 2.5
+    assert settings.input_formats == {"*": "json", "orders": "avro"}
+    assert settings.kafka_config == {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+                                     "fetch.max.bytes": "1048576", "enable.partition.eof": "false"}
+    assert load_settings(_args("--config", str(_config(tmp_path, 'topics = "a, b"', "csv.toml"))),
+                         environ={}).topics == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("wigzo_base_ulr", "wigzo_base_url"), ("KAFKA_TOPICS", "topics"), ("wigzo_org_token_flie", "wigzo_org_token_file"),
+     ("kafak", "kafka")],
+)
+def test_unknown_key_names_file_key_and_closest_setting(tmp_path: Path, key: str, suggestion: str) -> None:
+    config = _config(tmp_path, f'{key} = "x"\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(_args("--config", str(config)), environ={})
+    assert str(error.value) == f"{config}: unknown setting {key!r} (did you mean {suggestion!r}?)"
+
+
+def test_unknown_key_without_a_close_match_lists_the_settings(tmp_path: Path) -> None:
+    config = _config(tmp_path, 'colour = "blue"\n')
+    with pytest.raises(ConfigError, match=r"unknown setting 'colour'; the settings are .*wigzo_base_url"):
+        load_settings(_args("--config", str(config)), environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("max_in_flight = 0", "max_in_flight='0' is invalid: must be a positive whole number"),
+        ('ordering = "random"', "ordering='random' is invalid: must be one of key, partition"),
+        ("group_id = {name = 'a'}", "group_id={'name': 'a'} is invalid: must be a string, a number, a boolean"),
+        ("topics = [['a']]", "topics=[['a']] is invalid"),
+        ('kafka = "SASL_SSL"', "'kafka' must be a table of librdkafka settings"),
+    ],
+)
+def test_invalid_file_values_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    config = _config(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(_args("--config", str(config)), environ={})
+    assert str(error.value).startswith(f"{config}: ")
+    assert needle in str(error.value)
+
+
+def test_invalid_toml_reports_line_and_column(tmp_path: Path) -> None:
+    config = _config(tmp_path, 'group_id = "a"\nmax_in_flight = \n')
+    with pytest.raises(ConfigError, match=r"config\.toml: invalid TOML: .*\(at line 2, column \d+\)"):
+        load_settings(_args("--config", str(config)), environ={})
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes(b'group_id = "\xff"\n')
+    with pytest.raises(ConfigError, match="invalid TOML: the file is not UTF-8 text"):
+        load_settings(_args("--config", str(config)), environ={})
+
+
+@pytest.mark.parametrize("via_flag", [True, False])
+def test_missing_config_file_says_which_source_named_it(tmp_path: Path, via_flag: bool) -> None:
+    missing = str(tmp_path / "nope.toml")
+    args, environ = (_args("--config", missing), {}) if via_flag else (_args(), {"WIGZO_PIPELINE_CONFIG": missing})
+    source = "--config" if via_flag else "WIGZO_PIPELINE_CONFIG"
+    with pytest.raises(ConfigError) as error:
+        load_settings(args, environ=environ)
+    assert str(error.value).startswith(f"{source}={missing!r}: cannot read the config file (No such file or directory)")
+
+
+def test_wigzo_tokens_from_files(tmp_path: Path) -> None:
+    org = _config(tmp_path, "org-s3cret\n", "org")
+    api = _config(tmp_path, "api-s3cret\r\n", "api")
+    config = _config(tmp_path, f'wigzo_api_token_file = "{api}"\n')
+    settings = load_settings(_args("--config", str(config)), environ={"WIGZO_ORG_TOKEN_FILE": str(org)})
+    assert settings.wigzo_org_token.reveal() == "org-s3cret"
+    assert settings.wigzo_api_token.reveal() == "api-s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_secret_file_in_the_environment_wins_over_the_config_file(tmp_path: Path) -> None:
+    config = _config(tmp_path, 'wigzo_org_token = "from-file"\n')
+    token = _config(tmp_path, "from-env-file\n", "token")
+    settings = load_settings(_args("--config", str(config)), environ={"WIGZO_ORG_TOKEN_FILE": str(token)})
+    assert settings.wigzo_org_token.reveal() == "from-env-file"
+
+
+@pytest.mark.parametrize(
+    ("environ", "file_text", "needle"),
+    [
+        ({"WIGZO_ORG_TOKEN_FILE": "{missing}"}, "",
+         "WIGZO_ORG_TOKEN_FILE='{missing}': cannot read the secret file (No such file or directory)"),
+        ({"WIGZO_ORG_TOKEN_FILE": "{empty}"}, "", "WIGZO_ORG_TOKEN_FILE='{empty}': the secret file is empty"),
+        ({}, 'wigzo_api_token_file = "{missing}"',
+         "config.toml: wigzo_api_token_file='{missing}': cannot read the secret file"),
+        ({"KAFKA_OPT_SASL_PASSWORD_FILE": "{missing}"}, "", "KAFKA_OPT_SASL_PASSWORD_FILE='{missing}': cannot read"),
+        ({"WIGZO_ORG_TOKEN": "s3cret", "WIGZO_ORG_TOKEN_FILE": "{token}"}, "",
+         "WIGZO_ORG_TOKEN and WIGZO_ORG_TOKEN_FILE are both set: keep only one of them"),
+        ({}, 'wigzo_org_token = "s3cret"\nwigzo_org_token_file = "{token}"',
+         "config.toml: wigzo_org_token and wigzo_org_token_file are both set: keep only one of them"),
+        ({"KAFKA_OPT_SASL_PASSWORD": "s3cret", "KAFKA_OPT_SASL_PASSWORD_FILE": "{token}"}, "",
+         "KAFKA_OPT_SASL_PASSWORD and KAFKA_OPT_SASL_PASSWORD_FILE are both set"),
+        ({}, '[kafka]\n"sasl.password_file" = "{token}"\n"sasl.password" = "s3cret"',
+         "config.toml: [kafka] sasl.password_file and [kafka] sasl.password are both set"),
+        ({}, 'wigzo_org_token = [["s3cret"]]', "config.toml: wigzo_org_token=*** is invalid"),
+        ({}, '[kafka]\n"sasl.password" = [["s3cret"]]', "config.toml: [kafka] sasl.password=*** is invalid"),
+    ],
+)
+def test_secret_errors_are_clear_and_never_show_the_secret(
+        tmp_path: Path, environ: dict[str, str], file_text: str, needle: str) -> None:
+    paths = {"missing": str(tmp_path / "missing"), "empty": str(_config(tmp_path, "\n", "empty")),
+             "token": str(_config(tmp_path, "s3cret\n", "token"))}
+    config = _config(tmp_path, file_text.format(**paths))
+    environ = {name: value.format(**paths) for name, value in environ.items()}
+    with pytest.raises(ConfigError) as error:
+        load_settings(_args("--config", str(config)), environ=environ)
+    assert needle.format(**paths) in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+def test_kafka_passwords_are_secret_in_repr_before_the_fix_they_showed() -> None:
+    settings = load_settings(environ={"KAFKA_OPT_SASL_PASSWORD": "kafka-pa55"})
+    assert "kafka-pa55" not in repr(settings)
+    assert settings.kafka_client_config()["sasl.password"] == "kafka-pa55"
+
+
+@pytest.mark.parametrize("source", ["env", "flag", "file", "env-file", "flag-file", "file-file"])
+@pytest.mark.parametrize(
+    "name", ["sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "ssl.keystore.password",
+             "ssl.key.pem", "sasl.oauthbearer.assertion.private.key.passphrase"])
+def test_kafka_secrets_are_typed_secret_from_every_source(tmp_path: Path, source: str, name: str) -> None:
+    value = "kafka-s3cret"
+    secret_file = _config(tmp_path, f"{value}\n", "secret")
+    env_name = "KAFKA_OPT_" + name.upper().replace(".", "_")
+    argv: list[str] = []
+    environ: dict[str, str] = {}
+    file_text = ""
+    match source:
+        case "env":
+            environ[env_name] = value
+        case "env-file":
+            environ[f"{env_name}_FILE"] = str(secret_file)
+        case "flag":
+            argv = ["--kafka-config", f"{name}={value}"]
+        case "flag-file":
+            argv = ["--kafka-config", f"{name}_file={secret_file}"]
+        case "file":
+            file_text = f'[kafka]\n"{name}" = "{value}"\n'
+        case "file-file":
+            file_text = f'[kafka]\n"{name}_file" = "{secret_file}"\n'
+    config = _config(tmp_path, file_text)
+    settings = load_settings(_args("--config", str(config), *argv), environ=environ)
+    assert settings.kafka_config == {name: Secret(value)}
+    assert isinstance(settings.kafka_config[name], Secret)
+    assert value not in repr(settings)
+    assert settings.kafka_client_config() == {"bootstrap.servers": settings.bootstrap_servers, name: value}
+
+
+def test_a_non_secret_librdkafka_setting_ending_in_file_is_passed_through() -> None:
+    env = {"KAFKA_OPT_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE": "/keys/assertion.pem"}
+    settings = load_settings(_args(), environ=env)
+    assert settings.kafka_config == {"sasl.oauthbearer.assertion.private.key.file": "/keys/assertion.pem"}
+
+
+def test_overridden_secret_file_is_not_read(tmp_path: Path) -> None:
+    config = _config(tmp_path, f'wigzo_org_token_file = "{tmp_path / "only-in-production"}"\n')
+    settings = load_settings(_args("--config", str(config)), environ={"WIGZO_ORG_TOKEN": "from-env"})
+    assert settings.wigzo_org_token.reveal() == "from-env"
