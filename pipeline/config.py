@@ -217,6 +217,11 @@ class Settings:
                        for key, value in self.kafka_config.items()}
         return {"bootstrap.servers": self.bootstrap_servers, **passthrough}
 
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every credential in these settings, for the scrubbers of logs, errors and dead-letter headers."""
+        return (self.wigzo_org_token, self.wigzo_api_token,
+                *(value for value in self.kafka_config.values() if isinstance(value, Secret)))
+
 
 def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) -> None:
     """Add the flags for the named settings (all when None) and --config; their defaults stay unresolved."""

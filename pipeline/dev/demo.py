@@ -15,11 +15,12 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import load_settings
 from pipeline.dev.local_kafka import LocalKafka, default_home
+from pipeline.dev.produce_sample import produce_samples
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from pipeline.kafka.assignment import GroupSubscription
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging(logging.WARNING)
+    configure_logging("WARNING")
     started = time.monotonic()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap:
@@ -61,10 +62,7 @@ def main(args: argparse.Namespace) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=args.partitions)])[topic].result(timeout=30)
     samples = list(SampleStream(seed=args.seed).messages(args.events))
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
-    for sample in samples:
-        producer.produce(topic, key=sample.key, value=sample.value)
-    producer.flush(30)
+    produce_samples({"bootstrap.servers": bootstrap}, topic, samples)
     print(f"Produced {len(samples)} sample messages to {topic} ({args.partitions} partitions): "
           "shopper sessions, Engage audiences, other calls, disabled, invalid and garbage messages")
 

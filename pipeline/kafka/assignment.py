@@ -7,10 +7,11 @@ manual assignment, outside any group, and finish once every range is read and it
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.kafka.checkpoint import PartitionKey
 from pipeline.model import PipelineError
@@ -43,20 +44,42 @@ def keys_of(partitions: Iterable[TopicPartition]) -> list[PartitionKey]:
 
 
 class GroupSubscription:
-    """The live consumer group: partitions come and go with rebalances; it never finishes by itself."""
+    """The live consumer group: partitions come and go with rebalances.
 
-    def __init__(self, topics: tuple[str, ...], dlq_topic: str) -> None:
+    It is finished (for batch runs) only when caught up: partitions were assigned and every one of them is
+    read to its high watermark. A member that never got a partition, or never reached the broker, is not.
+    """
+
+    CHECK_INTERVAL = 1.0  # watermarks and committed offsets are broker round trips: ask at most this often
+
+    def __init__(self, topics: tuple[str, ...], dlq_topic: str, clock: Callable[[], float] = time.monotonic) -> None:
         for topic in topics:
             if topic.startswith("^"):
                 _refuse_pattern_matching_dlq(topic, dlq_topic)
         self._topics = list(topics)
+        self._clock = clock
+        self._assigned: set[PartitionKey] = set()
+        self._last_check = -self.CHECK_INTERVAL
+
+    @property
+    def assigned(self) -> frozenset[PartitionKey]:
+        return frozenset(self._assigned)
 
     def start(self, consumer: Consumer, rebalance: Rebalance) -> None:
-        def adapt(handler: Callable[[list[PartitionKey]], None]) -> Callable[[Consumer, list[TopicPartition]], None]:
-            return lambda _consumer, partitions: handler(keys_of(partitions))
+        def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            keys = keys_of(partitions)
+            self._assigned.update(keys)
+            rebalance.assigned(keys)
 
-        consumer.subscribe(self._topics, on_assign=adapt(rebalance.assigned), on_revoke=adapt(rebalance.revoked),
-                           on_lost=adapt(rebalance.lost))
+        def on_release(handler: Callable[[list[PartitionKey]], None]) -> Callable[[Consumer, list[TopicPartition]], None]:
+            def release(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                keys = keys_of(partitions)
+                handler(keys)
+                self._assigned.difference_update(keys)
+            return release
+
+        consumer.subscribe(self._topics, on_assign=on_assign, on_revoke=on_release(rebalance.revoked),
+                           on_lost=on_release(rebalance.lost))
 
     def in_scope(self, key: PartitionKey, offset: int) -> bool:
         return True
@@ -65,7 +88,33 @@ class GroupSubscription:
         return False
 
     def finished(self, consumer: Consumer) -> bool:
-        return False
+        now = self._clock()
+        if not self._assigned or now - self._last_check < self.CHECK_INTERVAL:
+            return False
+        self._last_check = now
+        try:
+            return caught_up(consumer, sorted(self._assigned))
+        except KafkaException:  # the broker did not answer in time: not known to be caught up
+            return False
+
+
+def caught_up(consumer: Consumer, keys: list[PartitionKey], timeout: float = 5.0) -> bool:
+    """Every partition read to its high watermark. A partition this consumer has not fetched from has no
+    position: it is caught up when it is empty or the group's committed offset is already at its end."""
+    positions = consumer.position([TopicPartition(topic, partition) for topic, partition in keys])
+    unfetched = []
+    for tp in positions:
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        if tp.offset < 0:
+            if high > low:
+                unfetched.append((tp, high))
+        elif tp.offset < high:
+            return False
+    if unfetched:
+        committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp, _ in unfetched],
+                                       timeout=timeout)
+        return all(done.offset >= high for (_, high), done in zip(unfetched, committed, strict=True))
+    return True
 
 
 class OffsetRanges:

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from datetime import datetime
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from pipeline.contract.decoder import SchemaRegistryUnavailable
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.checkpoint import Checkpoint, PartitionKey
 from pipeline.kafka.outcomes import OutcomeCounter
+from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import (
     Aborted,
     DeadLetter,
@@ -40,12 +42,14 @@ from pipeline.model import (
     Skip,
     WigzoRequest,
 )
+from pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
 POLL_TIMEOUT = 0.05
 COMMIT_INTERVAL = 1.0
+KAFKA_PROBE_INTERVAL = 10.0  # while Kafka is unreachable, how often to ask for metadata to notice it is back
 REGISTRY_PATIENCE = 120.0  # well under max.poll.interval.ms (300 s), so the group keeps us meanwhile
 
 
@@ -57,6 +61,9 @@ class DeliveryClient(Protocol):
     def deliver(self, request: WigzoRequest, stop: threading.Event) -> DeliveryResult: ...
     def accepting_work(self) -> bool: ...
     def close(self) -> None: ...
+
+    @property
+    def state(self) -> str: ...
 
 
 class DeadLetterSink(Protocol):
@@ -108,6 +115,7 @@ class Completion:
     record: Message
     offset: int
     result: DeliveryResult
+    event_time: float | None  # the event's own timestamp, epoch seconds, for event-to-delivery latency
 
 
 @dataclass
@@ -126,10 +134,12 @@ class Pipeline:
 
     def __init__(self, parts: Parts, assignment: Assignment, *, flow: Flow = Flow(),
                  reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 watch: KafkaWatch | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.parts = parts
         self.assignment = assignment
         self.flow = flow
+        self.watch = watch or KafkaWatch("Kafka", clock)
         self.outcomes = OutcomeCounter()
         self.stats = RunStats()
         self.checkpoint = Checkpoint()
@@ -144,6 +154,9 @@ class Pipeline:
         self._shutdown = threading.Event()
         self._failed = False
         self._last_commit = clock()
+        self._last_kafka_probe = clock()
+        self.last_poll = clock()
+        self.joined = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -157,6 +170,15 @@ class Pipeline:
     def outstanding(self) -> int:
         return self.checkpoint.outstanding()
 
+    def readiness(self) -> list[str]:
+        """Why this member cannot take work now; empty when ready."""
+        reasons = [] if self.joined else ["not in the consumer group yet"]
+        if not self.parts.client.accepting_work():
+            reasons.append(f"Wigzo: {self.parts.client.state}")
+        if self.parts.dead_letters.failure is not None:
+            reasons.append(f"dead-letter topic: {self.parts.dead_letters.failure}")
+        return reasons + [f"Kafka {problem}" for problem in self.watch.problems()]
+
     def finished(self) -> bool:
         """Everything the assignment puts in scope was read, and all of it has its outcome."""
         return self._consumer is not None and self.assignment.finished(self._consumer) and not self.outstanding()
@@ -169,12 +191,17 @@ class Pipeline:
             while not self._shutdown.is_set():
                 self._raise_if_dead_letters_fail()
                 self._apply_backpressure()
-                for message in consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT):
+                messages = consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT)
+                self.last_poll = self._clock()
+                for message in messages:
                     self._handle(message)
+                self.watch.raise_if_fatal()
                 self._drain_completions()
                 self.parts.dead_letters.poll()
-                if self._clock() - self._last_commit >= COMMIT_INTERVAL:
+                if self.last_poll - self._last_commit >= COMMIT_INTERVAL:
                     self._commit(list(self._partitions))
+                    self._report_lag()
+                    self._watch_kafka()
                 if stop_when is not None and stop_when():
                     break
             self._release(list(self._partitions), commit=True)
@@ -190,6 +217,8 @@ class Pipeline:
     # ---- rebalances (called by the consumer from inside consume) ----------------------------------
 
     def assigned(self, keys: list[PartitionKey]) -> None:
+        self.joined = True
+        self.watch.reached()
         for key in keys:
             if key not in self._partitions:
                 self._partitions[key] = PartitionState(key)
@@ -209,11 +238,10 @@ class Pipeline:
     def _handle(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal():
-                raise PipelineError(f"Kafka consumer failed: {error.str()}")
-            log.warning("Kafka reported: %s", error.str())
+            self.watch.on_error(error)
             return
         key = (message.topic(), message.partition())
+        metrics.MESSAGES_CONSUMED.labels(key[0]).inc()
         state = self._partitions.get(key)
         if state is None:
             return  # a straggler from a partition we no longer own: its next owner reads it
@@ -245,8 +273,9 @@ class Pipeline:
             self._dead_letter(state, record, offset, self._first_failure(decision))
         else:
             state.in_executor += 1
+            event_time = _epoch_seconds(event.get("timestamp"))
             self.parts.executor.submit(self._ordering_key(record, event), lambda: self._completions.put(
-                Completion(state, record, offset, self._deliver(decision, state.stop))))
+                Completion(state, record, offset, self._deliver(decision, state.stop), event_time)))
 
     def _decode(self, record: Message) -> dict[str, Any] | Rejection:
         """Decode, waiting out a Schema Registry outage (not the message's fault, so never a dead letter);
@@ -302,6 +331,8 @@ class Pipeline:
             if isinstance(result, Delivered):
                 if done.state.released:
                     self.stats.duplicate_risk += 1
+                if done.event_time is not None:
+                    metrics.EVENT_TO_DELIVERY.observe(max(0.0, self._wall_clock() - done.event_time))
                 self._finish(done.state, done.offset, Outcome.DELIVERED, "")
             elif isinstance(result, DeliveryFailed):
                 if not done.state.released:
@@ -313,6 +344,7 @@ class Pipeline:
 
     def _finish(self, state: PartitionState, offset: int, outcome: Outcome, detail: str) -> None:
         self.outcomes.record(outcome, detail)
+        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
         if not state.released:
             self.checkpoint.finish(state.key, offset)
 
@@ -368,6 +400,29 @@ class Pipeline:
             log.warning("commit failed (%s); will retry with the next commit", exc.args[0].str())
             return
         self.checkpoint.committed(due)
+        self.watch.reached()
+
+    def _report_lag(self) -> None:
+        """Messages behind each assigned partition's high watermark (as of the last fetch)."""
+        if self._consumer is None or not self._partitions:
+            return
+        for tp in self._consumer.position(_partitions(self._partitions)):
+            high = self._consumer.get_watermark_offsets(tp, cached=True)[1]
+            if tp.offset >= 0 and high >= 0:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _watch_kafka(self) -> None:
+        """Summaries of ongoing Kafka problems; while unreachable, a metadata request now and then notices
+        its return even when no message flows."""
+        self.watch.tick()
+        if (self._consumer is not None and self.watch.problems()
+                and self.last_poll - self._last_kafka_probe >= KAFKA_PROBE_INTERVAL):
+            self._last_kafka_probe = self.last_poll
+            try:
+                self._consumer.list_topics(timeout=1.0)
+            except KafkaException:
+                return
+            self.watch.reached()
 
     def _release(self, keys: list[PartitionKey], *, commit: bool) -> None:
         """Finish the work already read for these partitions (bounded), make their dead letters durable,
@@ -395,7 +450,25 @@ class Pipeline:
             if (state := self._partitions.pop(key, None)) is not None:
                 state.released = True
             self._paused.discard(key)
+            _forget_lag(key)
         self.checkpoint.forget(keys)
+
+
+def _epoch_seconds(timestamp: Any) -> float | None:
+    """A validated event's ISO-8601 timestamp as epoch seconds (None when absent)."""
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+def _forget_lag(key: PartitionKey) -> None:
+    try:
+        metrics.CONSUMER_LAG.remove(key[0], str(key[1]))
+    except KeyError:  # never reported
+        pass
 
 
 def _partitions(keys: Iterable[PartitionKey]) -> list[TopicPartition]:

@@ -23,7 +23,9 @@ from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.dead_letters import DeadLetterWriter
 from pipeline.kafka.executor import OrderedExecutor
 from pipeline.kafka.pipeline import Flow, Parts, Pipeline
+from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Skip
+from pipeline.telemetry.logs import KAFKA_LOGGER
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.mapping import MappingConfig, map_event
 
@@ -33,21 +35,26 @@ log = logging.getLogger(__name__)
 def build_pipeline(settings: Settings, assignment: Assignment, *,
                    reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True) -> Pipeline:
     settings.require_org_token()
+    dead_letters = DeadLetterWriter(settings)
+    dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
     parts = Parts(
         decoder=EventDecoder(settings),
         map_event=partial(map_event, config=MappingConfig.from_settings(settings)),
         client=WigzoClient(settings),
-        dead_letters=DeadLetterWriter(settings),
+        dead_letters=dead_letters,
         executor=OrderedExecutor(settings.max_in_flight),
     )
     flow = Flow(ordering=settings.ordering, max_pending_per_partition=settings.max_pending_per_partition,
                 drain_bound=settings.connect_timeout + settings.read_timeout + 1.0)
-    return Pipeline(parts, assignment, flow=flow, reader=reader, commit=commit)
+    return Pipeline(parts, assignment, flow=flow, reader=reader, commit=commit,
+                    watch=KafkaWatch(settings.bootstrap_servers))
 
 
-def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+def consumer_config(settings: Settings, watch: KafkaWatch, group_id: str | None = None) -> dict[str, Any]:
     return {
         "group.id": group_id or settings.group_id,
+        "error_cb": watch.on_error,
+        "logger": KAFKA_LOGGER,
         "auto.offset.reset": settings.auto_offset_reset,
         "client.id": "segment-wigzo",
         **settings.kafka_client_config(),
@@ -61,7 +68,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
 def run_pipeline(pipeline: Pipeline, settings: Settings, *, group_id: str | None = None,
                  stop_when: Callable[[], bool] | None = None) -> Pipeline:
     """Run until shutdown (a signal), `stop_when`, or an error; the consumer is closed in every case."""
-    consumer = Consumer(consumer_config(settings, group_id))
+    consumer = Consumer(consumer_config(settings, pipeline.watch, group_id))
     try:
         with _signals_drain(pipeline):
             pipeline.run(consumer, stop_when=stop_when)

@@ -13,7 +13,7 @@ from confluent_kafka import Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
-from pipeline.telemetry.logs import configure_logging
+from pipeline.telemetry.logs import configure_for
 from pipeline.model import STAGES, Skip
 from pipeline.ops.lookups import (
     Ranges,
@@ -91,8 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging()
     settings = load_settings(args)
+    configure_for(settings)
     dlq_topic = args.from_topic or settings.dlq_topic_for(settings.topics[0])
     group = args.redrive_group or f"{settings.group_id}.redrive"
     select = RedriveFilter(args.stage, args.error_class,

@@ -10,7 +10,7 @@ import argparse
 import time
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.telemetry.logs import configure_logging
+from pipeline.telemetry.logs import configure_for
 from pipeline.model import PipelineError
 from pipeline.ops.lookups import (
     Ranges,
@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging()
     settings = load_settings(args)
+    configure_for(settings)
     if args.offsets and (args.since or args.until):
         raise PipelineError("choose either --offsets or --from/--to, not both")
     if not (args.offsets or args.since):

@@ -1,4 +1,10 @@
-"""`wigzo-pipeline run`: join the consumer group and deliver its topics' events to Wigzo until stopped."""
+"""`wigzo-pipeline run`: join the consumer group and deliver its topics' events to Wigzo until stopped.
+
+With `--exit-when-idle SECONDS` it is a batch run that tells the truth in its exit code: 0 only once caught
+up (partitions were assigned, every one is read to its high watermark, all work is finished, and nothing
+new arrived for SECONDS); non-zero, with the reason, when it cannot reach Kafka, find its topics or get a
+partition within STARTUP_TIMEOUT.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,43 @@ import logging
 import time
 from collections.abc import Callable
 
-from pipeline.config import add_options, load_settings
+from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
-from pipeline.telemetry.logs import configure_logging
+from pipeline.model import PipelineError
+from pipeline.telemetry.logs import configure_for
+from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
 log = logging.getLogger(__name__)
+
+
+class BatchRunFailed(PipelineError):
+    """A batch run could not start its work: it exits non-zero instead of claiming success."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser)
     parser.add_argument("--exit-when-idle", type=float, metavar="SECONDS", default=None,
-                        help="exit once nothing was read for SECONDS and all work is finished (batch runs)")
+                        help="batch run: exit 0 once caught up (every assigned partition read to its end, all work "
+                             "finished) and nothing new arrived for SECONDS; non-zero if it cannot start its work "
+                             "within STARTUP_TIMEOUT")
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging()
     settings = load_settings(args)
-    pipeline = build_pipeline(settings, GroupSubscription(settings.topics, settings.dlq_topic))
-    stop_when = _idle_for(pipeline, args.exit_when_idle) if args.exit_when_idle else None
-    run_pipeline(pipeline, settings, stop_when=stop_when)
+    configure_for(settings)
+    subscription = GroupSubscription(settings.topics, settings.dlq_topic)
+    pipeline = build_pipeline(settings, subscription)
+    stop_when = (batch_end(pipeline, subscription, settings, args.exit_when_idle)
+                 if args.exit_when_idle is not None else None)
+    probes = (ProbeServer(ProbeApp(lambda: pipeline.last_poll, pipeline.readiness), settings.metrics_port).start()
+              if settings.metrics_port else None)
+    try:
+        run_pipeline(pipeline, settings, stop_when=stop_when)
+    finally:
+        if probes is not None:
+            probes.stop()
     totals = pipeline.outcomes.totals()
     log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
              "after their partition was released (may be delivered again)", pipeline.stats.read,
@@ -36,15 +58,34 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _idle_for(pipeline: Pipeline, seconds: float) -> Callable[[], bool]:
-    """A stop condition: nothing read for `seconds` and nothing left unfinished."""
-    clock = time.monotonic
-    last = [clock(), pipeline.stats.read]
+def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Settings, quiet_seconds: float,
+              clock: Callable[[], float] = time.monotonic) -> Callable[[], bool]:
+    """The stop condition of a batch run: caught up and quiet for `quiet_seconds`; raises BatchRunFailed when
+    no partition was assigned within the start-up timeout."""
+    started = clock()
+    caught_up_since: list[float] = []
 
-    def idle() -> bool:
+    def done() -> bool:
         now = clock()
-        if pipeline.stats.read != last[1]:
-            last[:] = [now, pipeline.stats.read]
-        return now - last[0] >= seconds and pipeline.outstanding() == 0
+        if not subscription.assigned and now - started >= settings.startup_timeout:
+            raise BatchRunFailed(_why_no_partitions(pipeline, settings))
+        if not pipeline.finished():
+            caught_up_since.clear()
+            return False
+        if not caught_up_since:
+            caught_up_since.append(now)
+        return now - caught_up_since[0] >= quiet_seconds
 
-    return idle
+    return done
+
+
+def _why_no_partitions(pipeline: Pipeline, settings: Settings) -> str:
+    waited = f"after {settings.startup_timeout:.0f}s (STARTUP_TIMEOUT)"
+    if problems := pipeline.watch.problems():
+        return f"no partition of {', '.join(settings.topics)} was assigned {waited}: " + "; ".join(problems)
+    if not pipeline.joined:
+        return (f"did not join consumer group {settings.group_id!r} {waited}; check KAFKA_BOOTSTRAP_SERVERS "
+                "and that the topics exist")
+    return (f"joined consumer group {settings.group_id!r} but was assigned no partition of "
+            f"{', '.join(settings.topics)} {waited}: the topics may not exist, or the group already has a member "
+            "for every partition")

@@ -1,10 +1,110 @@
-"""Logging, set up one way for every command."""
+"""Logging, set up one way for every command: JSON lines for machines, text for people, one format for all.
+
+librdkafka's own lines come through the `librdkafka` logger (confluent-kafka's `logger` setting), so they
+share the format, and a broker that refuses connections many times a second yields one line a minute per
+kind instead of a flood. Every line passes the secret scrubber. Lines about a message carry its
+coordinates as fields (`log.info(..., extra=message_fields(message))`), never its payload.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from pipeline.config import Settings
+from pipeline.model import Scrubber, Secret
+
+KAFKA_LOGGER = logging.getLogger("librdkafka")
+REPEAT_WINDOW = 60.0
+CONTEXT_FIELDS = ("topic", "partition", "offset", "message_id")
+_VARYING = re.compile(r"\d+")
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def message_fields(topic: str | None, partition: int | None, offset: int | None,
+                   message_id: str | None = None) -> dict[str, Any]:
+    """The `extra` that gives a log line its message's coordinates."""
+    fields = {"topic": topic, "partition": partition, "offset": offset, "message_id": message_id}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return self._scrub(orjson.dumps(entry, default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS
+                           if getattr(record, name, None) is not None)
+        return self._scrub(f"{text} [{context}]" if context else text)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first line of a kind through, then one per window saying how many were held back.
+    A kind is the message with its numbers blanked, so 'after 0ms' and 'after 3ms' are the same line."""
+
+    def __init__(self, window: float = REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}  # kind -> (when last let through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = _VARYING.sub("#", record.getMessage())
+        now = self._clock()
+        last = self._seen.get(kind)
+        if last is not None and now - last[0] < self._window:
+            self._seen[kind] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} ({last[1]} similar lines held back in the last {self._window:.0f}s)"
+        self._seen[kind] = (now, 0)
+        return True
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto", secrets: Iterable[Secret] = ()) -> None:
+    """Route every logger (librdkafka's included) to stderr in one format; `auto` is JSON unless a person
+    is watching (stderr is a terminal)."""
+    scrub = Scrubber(secrets)
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(scrub) if use_json else TextFormatter(scrub))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    if not any(isinstance(f, RepeatFilter) for f in KAFKA_LOGGER.filters):
+        KAFKA_LOGGER.addFilter(RepeatFilter())
+
+
+def configure_for(settings: Settings) -> None:
+    """Logging as the settings say (LOG_LEVEL, LOG_FORMAT), scrubbing the settings' secrets."""
+    configure_logging(settings.log_level, settings.log_format, settings.secrets())

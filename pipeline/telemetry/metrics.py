@@ -15,6 +15,7 @@ MESSAGES_CONSUMED = Counter(f"{PREFIX}_messages_consumed", "Messages read from K
 OUTCOMES = Counter(f"{PREFIX}_outcomes", "Final outcome of each message read (stage: of a dead letter)",
                    ["outcome", "stage"])
 DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic", ["stage"])
+DLQ_TRUNCATED = Counter(f"{PREFIX}_dlq_truncated", "Dead letters too large for their topic, stored cut down", ["stage"])
 CONSUMER_LAG = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], multiprocess_mode="max")
 

@@ -1,0 +1,106 @@
+"""What the pipeline tells operators about Kafka itself: unreachable brokers, missing topics, rejected credentials.
+
+librdkafka retries on its own and reports through callbacks and error events, many per second while a broker
+is down. `KafkaWatch` turns them into the pipeline's own words: one line when a problem starts, a summary
+every `SUMMARY_INTERVAL` while it lasts, one line when it ends. Rejected credentials and authorization
+failures are configuration, so they stop the run with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError
+
+from pipeline.model import PipelineError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_INTERVAL = 30.0
+
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+_MISSING_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+_CREDENTIALS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
+_AUTHORIZATION = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                            KafkaError.CLUSTER_AUTHORIZATION_FAILED})
+
+
+class KafkaAccessError(PipelineError):
+    """Kafka refused this client's credentials or permissions: a configuration problem, never retried away."""
+
+
+@dataclass
+class _Problem:
+    """One ongoing condition (e.g. 'unreachable'): when it began, how often it was reported, the latest cause."""
+
+    since: float
+    count: int
+    latest: str
+    last_summary: float
+
+
+class KafkaWatch:
+    """Fed from the polling thread (librdkafka's error_cb and consumer error events); read by probes and batch runs."""
+
+    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._bootstrap = bootstrap
+        self._clock = clock
+        self._problems: dict[str, _Problem] = {}
+        self.fatal: KafkaAccessError | None = None
+
+    def on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code in _CREDENTIALS or code in _AUTHORIZATION or error.fatal():
+            self._fail(error)
+        elif code in _UNREACHABLE:
+            self._report("unreachable", f"cannot reach Kafka at {self._bootstrap}: {error.str()}",
+                         "check KAFKA_BOOTSTRAP_SERVERS and that the brokers are up")
+        elif code in _MISSING_TOPIC:
+            self._report("missing topic", error.str(), "check KAFKA_TOPICS, or create the topic")
+        else:
+            log.warning("Kafka reported: %s", error.str())
+
+    def reached(self) -> None:
+        """Kafka answered (an assignment, messages, a commit): problems of reaching it are over."""
+        for kind in ("unreachable", "missing topic"):
+            if (problem := self._problems.pop(kind, None)) is not None:
+                log.info("Kafka: %s resolved after %.0fs (%d reports)", kind, self._clock() - problem.since,
+                         problem.count)
+
+    def problems(self) -> list[str]:
+        """The ongoing problems in one line each, for readiness and for the reason a batch run gives up."""
+        return [f"{kind}: {problem.latest}" for kind, problem in self._problems.items()]
+
+    def tick(self) -> None:
+        """A summary line for each problem still going on, every SUMMARY_INTERVAL."""
+        now = self._clock()
+        for kind, problem in self._problems.items():
+            if now - problem.last_summary >= SUMMARY_INTERVAL:
+                problem.last_summary = now
+                log.warning("Kafka: still %s after %.0fs (%d reports; latest: %s)", kind, now - problem.since,
+                            problem.count, problem.latest)
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _report(self, kind: str, detail: str, fix: str) -> None:
+        now = self._clock()
+        problem = self._problems.get(kind)
+        if problem is None:
+            self._problems[kind] = _Problem(now, 1, detail, now)
+            log.error("Kafka: %s (%s); the pipeline keeps trying", detail, fix)
+        else:
+            problem.count += 1
+            problem.latest = detail
+
+    def _fail(self, error: KafkaError) -> None:
+        if self.fatal is None:
+            self.fatal = KafkaAccessError(
+                f"Kafka refused this client ({error.name()}): {error.str()}. Check the credentials and permissions "
+                "in KAFKA_OPT_SECURITY_PROTOCOL, KAFKA_OPT_SASL_MECHANISMS, KAFKA_OPT_SASL_USERNAME and "
+                "KAFKA_OPT_SASL_PASSWORD (or the [kafka] table of the config file), and the ACLs for the topics "
+                "and the consumer group")
