@@ -22,6 +22,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import orjson
 from prometheus_client import make_wsgi_app
 
+from pipeline.telemetry import metrics  # noqa: F401 - registers the pipeline's metrics wherever probes are served
+
 log = logging.getLogger(__name__)
 
 LIVENESS_BOUND = 150.0

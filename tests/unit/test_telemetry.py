@@ -1,0 +1,142 @@
+"""Logs, probes and the Kafka watch: what an operator sees, without a broker."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError
+
+from pipeline.kafka.watch import SUMMARY_INTERVAL, KafkaAccessError, KafkaWatch
+from pipeline.model import Scrubber, Secret
+from pipeline.telemetry.logs import JsonFormatter, RepeatFilter, TextFormatter, message_fields
+from pipeline.telemetry.probes import LIVENESS_BOUND, ProbeApp
+
+TOKEN = "tok-3f9a"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(message: str, **extra: Any) -> logging.LogRecord:
+    record = logging.LogRecord("pipeline.test", logging.WARNING, __file__, 1, message, (), None)
+    for name, value in extra.items():
+        setattr(record, name, value)
+    return record
+
+
+def test_json_lines_parse_carry_message_coordinates_and_never_a_token() -> None:
+    formatter = JsonFormatter(Scrubber([Secret(TOKEN)]))
+    line = formatter.format(_record(f"POST /event?org_token={TOKEN} failed",
+                                    **message_fields("events", 3, 41, "m-1")))
+    entry = orjson.loads(line)
+    assert entry["level"] == "WARNING" and entry["logger"] == "pipeline.test"
+    assert (entry["topic"], entry["partition"], entry["offset"], entry["message_id"]) == ("events", 3, 41, "m-1")
+    assert TOKEN not in line and "org_token=***" in entry["msg"]
+    assert entry["ts"].endswith("Z")
+
+
+def test_text_lines_show_coordinates_and_are_scrubbed() -> None:
+    line = TextFormatter(Scrubber([Secret(TOKEN)])).format(_record(f"token {TOKEN}", **message_fields("t", 0, 7)))
+    assert line.endswith("token *** [topic=t partition=0 offset=7]")
+
+
+def test_a_repeating_kafka_line_passes_once_a_window_with_the_count_held_back() -> None:
+    clock = Clock()
+    repeat = RepeatFilter(window=60.0, clock=clock)
+    passed = [repeat.filter(_record(f"Connect to ipv4#127.0.0.1:1 failed (after {n}ms)")) for n in range(25)]
+    assert passed == [True] + [False] * 24
+    assert repeat.filter(_record("another kind of line"))
+    clock.now += 61
+    record = _record("Connect to ipv4#127.0.0.1:1 failed (after 9ms)")
+    assert repeat.filter(record)
+    assert "24 similar lines held back" in record.getMessage()
+
+
+@pytest.fixture
+def kafka_log() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("pipeline.kafka.watch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def test_an_unreachable_broker_is_said_once_then_summarised_then_its_end_is_said(kafka_log: io.StringIO) -> None:
+    clock = Clock()
+    watch = KafkaWatch("127.0.0.1:1", clock)
+    refused = KafkaError(KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:1 failed: Connection refused")
+    for _ in range(50):
+        watch.on_error(refused)
+        watch.tick()
+    assert kafka_log.getvalue().count("\n") == 1, "fifty errors, one line"
+    assert "cannot reach Kafka at 127.0.0.1:1" in kafka_log.getvalue()
+    assert watch.problems() and watch.problems()[0].startswith("unreachable:")
+    clock.now += SUMMARY_INTERVAL
+    watch.tick()
+    assert "still unreachable after 30s (50 reports" in kafka_log.getvalue()
+    watch.reached()
+    assert "unreachable resolved" in kafka_log.getvalue()
+    assert watch.problems() == []
+
+
+def test_rejected_credentials_stop_the_run_with_what_to_fix() -> None:
+    watch = KafkaWatch("broker:9094")
+    watch.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: Authentication failed"))
+    with pytest.raises(KafkaAccessError, match="KAFKA_OPT_SASL_PASSWORD"):
+        watch.raise_if_fatal()
+
+
+def test_a_missing_topic_is_a_problem_not_a_failure() -> None:
+    watch = KafkaWatch("b")
+    watch.on_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Subscribed topic not available: nope"))
+    watch.raise_if_fatal()
+    assert watch.problems() == ["missing topic: Subscribed topic not available: nope"]
+
+
+def _call(app: ProbeApp, path: str) -> tuple[str, bytes]:
+    seen: list[str] = []
+    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""},
+                        lambda status, headers: seen.append(status)))
+    return seen[0], body
+
+
+def test_healthz_fails_only_when_the_loop_stopped_polling() -> None:
+    clock = Clock()
+    last_poll = [clock.now]
+    app = ProbeApp(lambda: last_poll[0], lambda: [], clock)
+    assert _call(app, "/healthz")[0] == "200 OK"
+    clock.now += LIVENESS_BOUND + 1
+    status, body = _call(app, "/healthz")
+    assert status.startswith("503") and orjson.loads(body)["alive"] is False
+    last_poll[0] = clock.now
+    assert _call(app, "/healthz")[0] == "200 OK"
+
+
+def test_readyz_says_why_not_ready() -> None:
+    reasons: list[str] = ["Wigzo: auth_failed"]
+    app = ProbeApp(lambda: 0.0, lambda: reasons, lambda: 0.0)
+    status, body = _call(app, "/readyz")
+    assert status.startswith("503") and orjson.loads(body) == {"ready": False, "reasons": ["Wigzo: auth_failed"]}
+    reasons.clear()
+    status, body = _call(app, "/readyz")
+    assert status == "200 OK" and orjson.loads(body) == {"ready": True, "reasons": []}
+
+
+def test_metrics_are_served_and_unknown_paths_say_where_to_look() -> None:
+    app = ProbeApp(lambda: 0.0, lambda: [], lambda: 0.0)
+    status, body = _call(app, "/metrics")
+    assert status == "200 OK" and b"wigzo_pipeline_outcomes_total" in body
+    status, body = _call(app, "/nope")
+    assert status.startswith("404") and b"/metrics" in body
