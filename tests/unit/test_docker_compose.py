@@ -4,15 +4,21 @@ against what the code reads, the Dockerfile against how the package must be buil
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.config import OPTIONS
+from pipeline.cli import COMMANDS, build_parser
+from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+# the services that run our image, i.e. read our settings
+OURS = {name: service for name, service in SERVICES.items() if "build" in service}
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def test_every_service_has_an_image_or_a_build() -> None:
@@ -52,6 +58,66 @@ def test_pipeline_points_at_the_sandbox_service() -> None:
     base_url = SERVICES["pipeline"]["environment"]["WIGZO_BASE_URL"]
     assert "sandbox:8080" in base_url
     assert "8080" in " ".join(SERVICES["sandbox"]["command"])
+
+
+def _settings_of(service: dict) -> Settings:
+    """The service's settings as the code resolves them, with compose's `${VAR:-default}` taking its default
+    (nothing exported), so a value the code would reject fails here with the code's own message."""
+    environ = {name: INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
+               for name, value in service.get("environment", {}).items()}
+    return load_settings(None, environ=environ)
+
+
+def test_docker_compose_up_brings_up_kafka_the_sandbox_the_samples_and_the_pipeline() -> None:
+    assert {"kafka", "sandbox", "produce-sample", "pipeline"} <= set(SERVICES)
+
+
+def test_our_services_set_only_variables_the_code_reads_with_values_it_accepts() -> None:
+    known = {option.env for option in OPTIONS}
+    for name, service in OURS.items():
+        unknown = {env for env in service.get("environment", {})
+                   if env not in known and not env.startswith(KAFKA_PASSTHROUGH_PREFIX)}
+        assert not unknown, f"{name}: variables the code does not read: {unknown}"
+        _settings_of(service)
+
+
+def test_every_kafka_client_bootstraps_through_the_in_network_listener() -> None:
+    advertised = _advertised(SERVICES["kafka"])
+    for name, service in OURS.items():
+        if "KAFKA_BOOTSTRAP_SERVERS" in service.get("environment", {}):
+            assert _settings_of(service).bootstrap_servers == advertised["INTERNAL"], name
+
+
+def test_produce_sample_runs_once_after_kafka_is_healthy_onto_the_pipelines_topic() -> None:
+    service = SERVICES["produce-sample"]
+    command = service["command"]
+    assert command[0] == "produce-sample" and command[0] in COMMANDS
+    build_parser(command[0]).parse_args(command)  # its flags are real: argparse exits on an unknown one
+    assert service["restart"] == "no"
+    assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert _settings_of(service).topics[0] in _settings_of(SERVICES["pipeline"]).topics
+    condition = SERVICES["pipeline"]["depends_on"]["produce-sample"]["condition"]
+    assert condition == "service_completed_successfully", "the pipeline subscribes once the topic exists"
+
+
+def test_the_pipeline_publishes_its_metrics_port() -> None:
+    port = _settings_of(SERVICES["pipeline"]).metrics_port
+    assert port == Settings().metrics_port, "set METRICS_PORT only together with the published port"
+    assert f"{port}:{port}" in SERVICES["pipeline"]["ports"]
+
+
+def test_the_pipeline_healthcheck_asks_healthz_on_the_metrics_port_without_curl() -> None:
+    test = SERVICES["pipeline"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"], "python:3.11-slim has python but no curl or wget"
+    urls = re.findall(r"https?://[^'\"\s)]+", " ".join(test))
+    assert len(urls) == 1, test
+    url = urlsplit(urls[0])
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", _settings_of(SERVICES["pipeline"]).metrics_port,
+                                                  "/healthz")
+
+
+def test_the_pipeline_logs_json() -> None:
+    assert _settings_of(SERVICES["pipeline"]).log_format == "json"
 
 
 # ---- the Dockerfile, statically: the image must install the wheel, as users do ----
