@@ -1,0 +1,345 @@
+"""`wigzo-pipeline check`: is this deployment ready to run? One pass/fail row per thing `run` depends on.
+
+It is read-only on purpose, so it is safe to run against production before `run` starts (a deploy step) or
+when `/readyz` fails: it creates no topic, commits no offset and sends no event to Wigzo. Every check has a
+timeout, so an unreachable broker or a black-holed Wigzo fails the check instead of hanging it; a check whose
+prerequisite failed is shown as SKIP rather than failing a second time for the same cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+import requests
+from confluent_kafka import (
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, OffsetSpec
+
+from pipeline.config import ConfigError, Settings, add_options, load_settings
+from pipeline.kafka.assignment import GroupSubscription
+from pipeline.model import PipelineError, Scrubber, Secret
+
+KAFKA_TIMEOUT = 8.0  # seconds per broker request: an unreachable broker fails its row within ~10 s
+RESULT_TIMEOUT = KAFKA_TIMEOUT + 2  # waiting on a request's future: its own request_timeout fires first
+TOKEN_NOTE = ("Wigzo has no side-effect-free call to verify the token: it is checked on the first delivery; "
+              "a rejected token pauses delivery and makes /readyz fail")
+CHECKS = ("configuration", "kafka", "source topics", "dead-letter topic", "consumer group", "wigzo base url",
+          "org token")
+
+Status = Literal["PASS", "FAIL", "SKIP"]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""  # for a failure: "<Subject>: <what is wrong> — <what to do>"
+
+
+def passed(name: str, detail: str) -> Row:
+    return Row(name, "PASS", detail)
+
+
+def failed(name: str, detail: str, fix: str) -> Row:
+    return Row(name, "FAIL", detail, fix)
+
+
+def skipped(names: tuple[str, ...], because: str) -> list[Row]:
+    return [Row(name, "SKIP", f"not checked: {because}") for name in names]
+
+
+def check_configuration(args: argparse.Namespace) -> tuple[Settings | None, Row]:
+    """The settings as `run` reads them, including the topic-pattern rules it refuses to start without."""
+    try:
+        settings = load_settings(args)
+        GroupSubscription(settings.topics, settings.dlq_topic)
+    except re.error as exc:
+        return None, failed("configuration", f"a KAFKA_TOPICS pattern is not a regular expression: {exc}",
+                            f"Configuration: a KAFKA_TOPICS pattern is not a regular expression ({exc}) — fix it")
+    except PipelineError as exc:
+        return None, failed("configuration", str(exc), f"Configuration: {exc}")
+    return settings, passed("configuration", "settings are valid")
+
+
+class KafkaProbe:
+    """One admin client for every Kafka check; it keeps librdkafka's errors, which say why a broker is
+    unreachable (refused, DNS, TLS, SASL) where the failed request only says that it is."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._errors: list[KafkaError] = []
+        # log_level 0: the reasons arrive through error_cb and go into the table, not as stderr noise
+        self.admin = AdminClient({"log_level": 0, **settings.kafka_client_config(), "error_cb": self._errors.append})
+
+    def metadata(self) -> ClusterMetadata:
+        """Every topic's metadata; gives up early once librdkafka reports every broker down (refused, DNS),
+        and at KAFKA_TIMEOUT when connections just hang."""
+        deadline = time.monotonic() + KAFKA_TIMEOUT
+        while True:
+            try:
+                return self.admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            except KafkaException as exc:
+                self.admin.poll(0)  # serves the queued error callbacks
+                all_down = any(error.code() == KafkaError._ALL_BROKERS_DOWN for error in self._errors)
+                if all_down or time.monotonic() >= deadline:
+                    raise KafkaException(self._reason(all_down, exc.args[0])) from None
+
+    def _reason(self, all_down: bool, fallback: KafkaError) -> KafkaError:
+        specific = [error for error in self._errors if error.code() != KafkaError._ALL_BROKERS_DOWN]
+        if specific:
+            return specific[0]
+        if not all_down:  # connected (or still connecting) but nothing answered: a hang, not a refusal
+            return KafkaError(KafkaError._TIMED_OUT, f"no answer to a metadata request within {KAFKA_TIMEOUT:g}s")
+        return fallback
+
+
+def _unreachable_fix(error: KafkaError) -> str:
+    if error.code() == KafkaError._AUTHENTICATION:
+        return "check the SASL settings (KAFKA_OPT_SASL_MECHANISMS, KAFKA_OPT_SASL_USERNAME, KAFKA_OPT_SASL_PASSWORD)"
+    if error.code() == KafkaError._SSL:
+        return "check KAFKA_OPT_SECURITY_PROTOCOL and the broker's CA (KAFKA_OPT_SSL_CA_LOCATION)"
+    if error.code() == KafkaError._RESOLVE:
+        return "check the host names in KAFKA_BOOTSTRAP_SERVERS and this host's DNS"
+    if error.code() == KafkaError._TIMED_OUT:
+        return ("check KAFKA_BOOTSTRAP_SERVERS names a Kafka listener, that KAFKA_OPT_SECURITY_PROTOCOL matches it, "
+                "and that no firewall drops the traffic")
+    return "check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+
+
+def check_kafka(probe: KafkaProbe, settings: Settings) -> tuple[Row, ClusterMetadata | None]:
+    started = time.monotonic()
+    try:
+        metadata = probe.metadata()
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        return failed("kafka", error.str(),
+                      f"Kafka: cannot reach {settings.bootstrap_servers} ({error.str()}) — "
+                      f"{_unreachable_fix(error)}"), None
+    elapsed_ms = (time.monotonic() - started) * 1000
+    return passed("kafka", f"{settings.bootstrap_servers}: {len(metadata.brokers)} broker(s), cluster "
+                           f"{metadata.cluster_id}, answered in {elapsed_ms:.0f} ms"), metadata
+
+
+def check_source_topics(settings: Settings, metadata: ClusterMetadata) -> tuple[Row, dict[str, int]]:
+    """Partition counts of the topics `run` would read; a `^pattern` entry must match at least one."""
+    found: dict[str, int] = {}
+    problems = []
+    for entry in settings.topics:
+        if entry.startswith("^"):
+            matches = sorted(name for name in metadata.topics if re.match(entry[1:], name))
+            found.update((name, len(metadata.topics[name].partitions)) for name in matches)
+            if not matches:
+                problems.append(f"pattern {entry!r} matches no topic")
+            continue
+        topic = metadata.topics.get(entry)
+        if topic is None:
+            problems.append(f"{entry!r} does not exist (or this principal may not describe it)")
+        elif topic.error is not None:
+            problems.append(f"{entry!r}: {topic.error.str()}")
+        else:
+            found[entry] = len(topic.partitions)
+    if problems:
+        text = "; ".join(problems)
+        return failed("source topics", text, f"Source topics: {text} — create the topic(s) or fix KAFKA_TOPICS, "
+                                             "and grant this principal DESCRIBE and READ on them"), found
+    return passed("source topics", ", ".join(f"{name} ({count} partitions)" for name, count in found.items())), found
+
+
+def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: ClusterMetadata,
+                            sources: dict[str, int]) -> Row:
+    """It exists, or the broker confirms (validate-only, nothing is created) that we may create it on first use."""
+    partitions: dict[str, int] = {}
+    for source in [*sources, *(t for t in settings.topics if not t.startswith("^"))]:
+        partitions.setdefault(settings.dlq_topic_for(source), sources.get(source, 1))
+    details, fixes = [], []
+    for dlq, count in partitions.items():
+        topic = metadata.topics.get(dlq)
+        if topic is not None and topic.error is None:
+            details.append(f"{dlq} exists ({len(topic.partitions)} partitions)")
+            continue
+        future = probe.admin.create_topics([NewTopic(dlq, num_partitions=count)], validate_only=True,
+                                           request_timeout=KAFKA_TIMEOUT)[dlq]
+        try:
+            future.result(timeout=RESULT_TIMEOUT)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                details.append(f"{dlq} exists")
+                continue
+            details.append(f"{dlq} is absent and cannot be created: {error.str()}")
+            fixes.append(f"create {dlq} ({count} partitions), or grant this principal CREATE on it")
+            continue
+        except TimeoutError:
+            details.append(f"{dlq} is absent; the broker did not say within {KAFKA_TIMEOUT:g}s if it may be created")
+            fixes.append(f"create {dlq} ({count} partitions)")
+            continue
+        details.append(f"{dlq} is absent: it will be created on first use with {count} partition(s) "
+                       "(the broker confirmed this principal may create it)")
+    text = "; ".join(details)
+    if fixes:
+        return failed("dead-letter topic", text, f"Dead-letter topic: {'; '.join(fixes)} — without it the first "
+                                                 "dead letter stops the consumer (DLQ_TOPIC chooses another name)")
+    return passed("dead-letter topic", text)
+
+
+def check_consumer_group(probe: KafkaProbe, settings: Settings, sources: dict[str, int]) -> Row:
+    """The group's state and how far behind its committed offsets are; never having committed is fine."""
+    group = settings.group_id
+    try:
+        description = probe.admin.describe_consumer_groups(
+            [group], request_timeout=KAFKA_TIMEOUT)[group].result(timeout=RESULT_TIMEOUT)
+        answer = probe.admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=KAFKA_TIMEOUT)[group].result(timeout=RESULT_TIMEOUT)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions
+                     if tp.topic in sources and tp.offset >= 0}
+        ends: dict[tuple[str, int], int] = {}
+        if committed:
+            futures = probe.admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in committed},
+                                               request_timeout=KAFKA_TIMEOUT)
+            ends = {(tp.topic, tp.partition): future.result(timeout=RESULT_TIMEOUT).offset
+                    for tp, future in futures.items()}
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        fix = (f"grant this principal DESCRIBE and READ on group {group}"
+               if error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED else "check the broker's logs and retry")
+        return failed("consumer group", f"{group}: {error.str()}", f"Consumer group: cannot describe {group} "
+                                                                  f"({error.str()}) — {fix}")
+    except TimeoutError:
+        return failed("consumer group", f"{group}: no answer within {KAFKA_TIMEOUT:g}s",
+                      f"Consumer group: the broker did not describe {group} in time — check the broker's load "
+                      "and retry")
+    state = ("unknown to the broker yet" if description.state == ConsumerGroupState.DEAD
+             else description.state.name.lower().replace("_", " "))
+    head = f"{group}: {state}, {len(description.members)} member(s)"
+    if not committed:
+        return passed("consumer group", f"{head}, no committed offsets (starts at the {settings.auto_offset_reset} "
+                                        "offset)")
+    lag = sum(max(0, ends[key] - offset) for key, offset in committed.items())
+    total = sum(sources.values())
+    return passed("consumer group", f"{head}, lag {lag:,} over the {len(committed)} of {total} partition(s) "
+                                    "with committed offsets")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """requests wraps urllib3 wraps the socket error; the innermost one says what happened."""
+    seen = {id(exc)}
+    while True:
+        reason = getattr(exc, "reason", None)
+        inner = (reason if isinstance(reason, BaseException)
+                 else exc.args[0] if exc.args and isinstance(exc.args[0], BaseException)
+                 else exc.__cause__)
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def check_wigzo(settings: Settings) -> Row:
+    """A plain GET of the base URL, TLS verified as the client verifies it: any HTTP answer means it answers."""
+    url = settings.wigzo_base_url
+    host = urlsplit(url).netloc or url
+    started = time.monotonic()
+
+    def fail(detail: str, fix: str) -> Row:
+        return failed("wigzo base url", f"{url}: {detail}", f"Wigzo: {detail} — {fix}")
+
+    try:
+        with requests.get(url, timeout=(settings.connect_timeout, settings.read_timeout),
+                          verify=settings.ca_bundle or True, allow_redirects=False, stream=True) as response:
+            status = response.status_code
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL) as exc:
+        return fail(f"not a usable URL ({exc})", "set WIGZO_BASE_URL to an http(s) URL such as https://app.wigzo.com")
+    except requests.exceptions.SSLError as exc:
+        cause = _root_cause(exc)
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        return fail(f"TLS verification of {host} failed ({reason})",
+                    "set WIGZO_CA_BUNDLE to the CA that signed its certificate (e.g. a proxy that intercepts TLS), "
+                    "or fix WIGZO_BASE_URL")
+    except requests.exceptions.ConnectTimeout:
+        return fail(f"no connection to {host} within {settings.connect_timeout:g}s",
+                    "check firewalls/egress rules and proxy settings (HTTPS_PROXY), or raise WIGZO_CONNECT_TIMEOUT")
+    except requests.exceptions.ReadTimeout:
+        return fail(f"{host} accepted the connection but did not answer within {settings.read_timeout:g}s",
+                    "check WIGZO_BASE_URL points at Wigzo, or raise WIGZO_READ_TIMEOUT")
+    except requests.exceptions.ConnectionError as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, socket.gaierror):
+            return fail(f"cannot resolve {urlsplit(url).hostname}", "check WIGZO_BASE_URL and this host's DNS")
+        if isinstance(cause, ConnectionRefusedError):
+            return fail(f"connection to {host} refused", "check WIGZO_BASE_URL (host and port) and any proxy")
+        return fail(f"cannot connect to {host} ({cause})", "check WIGZO_BASE_URL and the network path to it")
+    except OSError as exc:  # every other requests error, and an unreadable WIGZO_CA_BUNDLE
+        return fail(str(exc), "check WIGZO_BASE_URL and WIGZO_CA_BUNDLE")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    return passed("wigzo base url", f"{url} answered HTTP {status} in {elapsed_ms:.0f} ms (any answer counts)")
+
+
+def check_token(settings: Settings) -> Row:
+    try:
+        settings.require_org_token()
+    except ConfigError as exc:
+        return failed("org token", "WIGZO_ORG_TOKEN is not set", f"Org token: {exc}")
+    api = "set" if settings.wigzo_api_token else "not set (optional)"
+    return passed("org token", f"set, not verified (see below); API token {api}")
+
+
+def run_checks(args: argparse.Namespace) -> tuple[list[Row], Scrubber]:
+    settings, configuration = check_configuration(args)
+    if settings is None:
+        return [configuration, *skipped(CHECKS[1:], "the configuration is invalid")], Scrubber(())
+    scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token,
+                      *(value for value in settings.kafka_config.values() if isinstance(value, Secret))))
+    return [configuration, *kafka_rows(settings), check_wigzo(settings), check_token(settings)], scrub
+
+
+def kafka_rows(settings: Settings) -> list[Row]:
+    try:
+        probe = KafkaProbe(settings)
+    except KafkaException as exc:  # librdkafka refused a pass-through setting
+        error: KafkaError = exc.args[0]
+        return [failed("kafka", error.str(), f"Kafka: the client settings are invalid ({error.str()}) — fix the "
+                                             "KAFKA_OPT_* / --kafka-config setting it names"),
+                *skipped(CHECKS[2:5], "no Kafka client")]
+    kafka, metadata = check_kafka(probe, settings)
+    if metadata is None:
+        return [kafka, *skipped(CHECKS[2:5], "Kafka is unreachable")]
+    topics, sources = check_source_topics(settings, metadata)
+    return [kafka, topics, check_dead_letter_topic(probe, settings, metadata, sources),
+            check_consumer_group(probe, settings, sources)]
+
+
+def print_report(rows: list[Row], scrub: Scrubber) -> None:
+    width = max(len(row.name) for row in rows)
+    print(f"{'check':<{width}}  result  detail")
+    for row in rows:
+        print(scrub(f"{row.name:<{width}}  {row.status:<6}  {row.detail}"))
+    print(f"\nNo event was sent to Wigzo. {TOKEN_NOTE}.")
+    failures = [row for row in rows if row.status == "FAIL"]
+    if not failures:
+        print(f"All {len(rows)} checks passed.")
+        return
+    print(f"\n{len(failures)} of {len(rows)} checks failed; to fix:")
+    for row in failures:
+        print(scrub(f"  {row.fix}"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    rows, scrub = run_checks(args)
+    print_report(rows, scrub)
+    return 0 if all(row.status == "PASS" for row in rows) else 1
