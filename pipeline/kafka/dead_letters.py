@@ -4,30 +4,54 @@ Header names follow Kafka Connect's `__connect.errors.*` convention under our ow
 tools operators already use to inspect Connect DLQs read ours too. Writes use an idempotent
 producer with acks=all; a dead letter counts as done only once the broker acknowledged it, and a
 failed write halts the pipeline (failing closed beats losing data).
+
+A letter too large for its topic is the one exception: halting on it would crash at the same message
+on every restart, so it is stored cut down (context headers, a marker, a prefix of the value) instead.
+`prepare` checks every dead-letter topic at start-up, so a bad name or missing permission stops the
+run before it reads anything rather than at its first dead letter.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
 
 from pipeline import __version__
 from pipeline.config import Settings
 from pipeline.model import DeadLetter, PipelineError, Scrubber, utc_iso
+from pipeline.telemetry import metrics
+from pipeline.telemetry.logs import KAFKA_LOGGER, message_fields
 
 log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "__wigzo.errors."
+TRUNCATED_HEADER = HEADER_PREFIX + "truncated"  # on a letter stored cut down: the original value's size in bytes
 MESSAGE_LIMIT = 1000
 Headers = Sequence[tuple[str, bytes | None]]
 
+# Kafka's own topic-name rules (org.apache.kafka.common.internals.Topic)
+TOPIC_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9._-]+")
+TOPIC_NAME_MAX_LENGTH = 249
+# What a letter costs on the wire beyond its key, value and header bytes: the record batch header (61 bytes)
+# plus the record's own varints, rounded up; and each header's two length varints.
+RECORD_FRAMING = 128
+HEADER_FRAMING = 10
+# librdkafka checks `message.max.bytes` before compressing, the broker checks the topic's limit after: a letter
+# up to this many times the limit is sent whole for the broker to judge (JSON commonly compresses 5-10x).
+COMPRESSION_HEADROOM = 10
+PRODUCER_MESSAGE_MAX_BYTES = (1000, 1_000_000_000)  # librdkafka's range for message.max.bytes
+ADMIN_TIMEOUT = 30.0  # seconds for each start-up question to the broker
+
 
 class DeadLetterWriteError(PipelineError):
-    """The dead-letter topic did not accept a message: the pipeline must stop and not commit."""
+    """The dead-letter topic did not accept a message, or cannot be used: the pipeline must stop and not commit."""
 
 
 def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
@@ -46,6 +70,7 @@ def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], 
         "last.failure": utc_iso(letter.last_failure),
         "http.status": "" if rejection.http_status is None else str(rejection.http_status),
         "history": scrub("\n".join(filter(None, (earlier.get("history"), *letter.history))))[-MESSAGE_LIMIT:],
+        "truncated": earlier.get("truncated", ""),  # a redriven truncated letter is still only a prefix
         "service.version": __version__,
     }
     return [(HEADER_PREFIX + name, value.encode()) for name, value in fields.items() if value]
@@ -62,67 +87,266 @@ def error_headers(headers: Headers | None) -> dict[str, str]:
             for k, v in (headers or []) if k.startswith(HEADER_PREFIX)}
 
 
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse `name` as a topic name, in words an operator can act on; None if it is legal."""
+    if name in ("", ".", ".."):
+        return "it may not be empty, '.' or '..'"
+    if len(name) > TOPIC_NAME_MAX_LENGTH:
+        return f"it is {len(name)} characters long, and Kafka allows at most {TOPIC_NAME_MAX_LENGTH}"
+    if not TOPIC_NAME_CHARACTERS.fullmatch(name):
+        return "Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
+def headers_size(headers: Headers) -> int:
+    return sum(HEADER_FRAMING + len(name.encode()) + len(value or b"") for name, value in headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """A dead letter on its way to the broker, kept until acknowledged so that one refused as too large can
+    be stored cut down."""
+
+    topic: str  # the dead-letter topic
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]  # the original message's own
+    context: list[tuple[str, bytes]]  # ours: where it was read and why it failed; always stored
+    timestamp: int
+    stage: str
+    source: tuple[str, int, int]  # the original's topic, partition, offset (for logs)
+    on_durable: Callable[[], None]
+    truncated: bool = False
+
+    def size(self) -> int:
+        """An upper bound of its bytes on the wire, before compression."""
+        return (RECORD_FRAMING + len(self.key or b"") + len(self.value or b"")
+                + headers_size(self.headers) + headers_size(self.context))
+
+
+def cut_to_fit(letter: Letter, limit: int) -> Letter:
+    """What of a letter too large for its topic fits in `limit` bytes even uncompressed: the context headers
+    and the truncation marker (the original value's size) always; then the key and the original headers,
+    each only if it still fits; then as much of the value as the rest leaves room for."""
+    value = letter.value or b""
+    marker = dict(letter.context).get(TRUNCATED_HEADER) or str(len(value)).encode()  # cut again: keep the first size
+    context = [(name, v) for name, v in letter.context if name != TRUNCATED_HEADER] + [(TRUNCATED_HEADER, marker)]
+    room = limit - RECORD_FRAMING - headers_size(context)
+    key = letter.key if len(letter.key or b"") <= room else None
+    room -= len(key or b"")
+    headers = letter.headers if headers_size(letter.headers) <= room else []
+    room -= headers_size(headers)
+    return replace(letter, key=key, value=None if letter.value is None else value[:max(room, 0)], headers=headers,
+                   context=context, truncated=True)
+
+
+def producer_sizing(limit: int) -> dict[str, int]:
+    """librdkafka sizes for topics that accept record batches of up to `limit` bytes. Batches of several letters
+    stay within the limit even uncompressed (batch.size); one letter alone may be larger before compression
+    (message.max.bytes), for the broker to accept if it compresses below the limit."""
+    low, high = PRODUCER_MESSAGE_MAX_BYTES
+    return {"batch.size": max(1, limit - RECORD_FRAMING),
+            "message.max.bytes": min(max(limit * COMPRESSION_HEADROOM, low), high)}
+
+
 class DeadLetterWriter:
+    """Writes dead letters from the polling thread only (like the rest of the pipeline's Kafka state), so
+    nothing here needs a lock."""
+
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token))
-        self._producer = Producer({
-            **settings.kafka_client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-            "client.id": "segment-wigzo-dlq",
-        })
-        self._admin = AdminClient(settings.kafka_client_config())
-        self._known_topics: set[str] = set()  # written only from the polling thread, like the rest of this class
+        self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER})
+        self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
+        self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
+        self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
         self.failure: DeadLetterWriteError | None = None
 
+    def prepare(self, source_topics: Iterable[str]) -> None:
+        """Check, before anything is read, every dead-letter topic these sources write to: a legal name, and
+        the topic exists (created if absent) and tells its size limit. Raises DeadLetterWriteError naming
+        the topic and the fix. A pattern source writes to DLQ_TOPIC (without it the subscription is refused).
+        `write` checks any other topic at its first letter (replay or redrive of a topic not in KAFKA_TOPICS)."""
+        feeding: dict[str, list[str]] = {}
+        for source in source_topics:
+            if not source.startswith("^"):
+                feeding.setdefault(self._settings.dlq_topic_for(source), []).append(source)
+            elif self._settings.dlq_topic:
+                feeding.setdefault(self._settings.dlq_topic, []).append(source)
+        for topic in feeding:
+            self._check_name(topic)
+        for topic, sources in feeding.items():
+            self._open(topic, sources)
+
     def write(self, record: Message, letter: DeadLetter, on_durable: Callable[[], None]) -> None:
-        """Queue the dead letter; `on_durable` runs (from `poll`) once the broker has acknowledged it."""
+        """Queue the dead letter; `on_durable` runs (from `poll` or `flush`) once the broker has acknowledged it."""
         source = record.topic() or ""
         topic = self._settings.dlq_topic_for(source)
-        self._ensure_topic(topic, source)
-        headers = original_headers(record.headers()) + context_headers(record, letter, self.scrub)
+        if topic not in self._limits:
+            self._check_name(topic)
+            self._open(topic, [source])
         timestamp_type, timestamp = record.timestamp()
-
-        def delivered(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                self.failure = DeadLetterWriteError(
-                    f"could not write to dead-letter topic {topic!r}: {error.str()}; stopping without "
-                    "committing so nothing is lost. Check the topic exists and this client may write to it.")
-                return
-            on_durable()
-
-        while True:
-            try:
-                self._producer.produce(topic, value=record.value(), key=record.key(), headers=headers,
-                                       timestamp=timestamp if timestamp_type else 0, on_delivery=delivered)
-                return
-            except BufferError:  # local queue full: let librdkafka drain some acknowledgements first
-                self._producer.poll(0.1)
-
-    def _ensure_topic(self, topic: str, source: str) -> None:
-        """Create the DLQ with the source's partition count the first time we need it, if permitted."""
-        if topic in self._known_topics:
-            return
-        metadata = self._admin.list_topics(timeout=10)
-        if topic not in metadata.topics:
-            partitions = len(metadata.topics[source].partitions) if source in metadata.topics else 1
-            future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic]
-            try:
-                future.result(timeout=30)
-                log.info("created dead-letter topic %s with %d partitions", topic, partitions)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    log.warning("could not create dead-letter topic %s (%s); writing anyway", topic, exc)
-        self._known_topics.add(topic)
+        self._send(Letter(topic=topic, key=record.key(), value=record.value(),
+                          headers=original_headers(record.headers()),
+                          context=context_headers(record, letter, self.scrub),
+                          timestamp=timestamp if timestamp_type else 0, stage=letter.rejection.stage,
+                          source=(source, record.partition(), record.offset()), on_durable=on_durable))
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        for producer in self._producers.values():
+            producer.poll(0)
+        self._store_refused()
 
     def flush(self, timeout: float) -> bool:
         """Wait for every queued dead letter to be acknowledged; False if some are still pending."""
         deadline = time.monotonic() + timeout
-        while len(self._producer) and time.monotonic() < deadline:
-            self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-        return len(self._producer) == 0
+        while self._unacknowledged() and time.monotonic() < deadline:
+            for producer in self._producers.values():
+                producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._store_refused()
+        return self._unacknowledged() == 0
+
+    # ---- sending --------------------------------------------------------------------------------
+
+    def _send(self, letter: Letter) -> None:
+        producer = self._producer(self._limits[letter.topic])
+        while True:
+            try:
+                producer.produce(letter.topic, value=letter.value, key=letter.key,
+                                 headers=[*letter.headers, *letter.context], timestamp=letter.timestamp,
+                                 on_delivery=partial(self._delivered, letter))
+                return
+            except BufferError:  # local queue full: let librdkafka drain some acknowledgements first
+                producer.poll(0.1)
+            except KafkaException as exc:  # refused before sending: larger than message.max.bytes, or worse
+                error = exc.args[0]
+                if error.code() != KafkaError.MSG_SIZE_TOO_LARGE or letter.truncated:
+                    raise self._write_failed(letter, error) from None
+                self._store_cut(letter)
+                return
+
+    def _delivered(self, letter: Letter, error: KafkaError | None, _message: object) -> None:
+        """Delivery callback: runs inside the producer's poll or flush."""
+        if error is None:
+            metrics.DLQ_WRITES.labels(letter.stage).inc()
+            if letter.truncated:
+                metrics.DLQ_TRUNCATED.labels(letter.stage).inc()
+            letter.on_durable()
+        elif error.code() == KafkaError.MSG_SIZE_TOO_LARGE and not letter.truncated:
+            self._refused.append(letter)
+        elif self.failure is None:
+            self.failure = self._write_failed(letter, error)
+
+    def _store_refused(self) -> None:
+        while self._refused:
+            self._store_cut(self._refused.pop(0))
+
+    def _store_cut(self, letter: Letter) -> None:
+        """Store what fits of a letter the topic cannot take whole, loudly: its coordinates are never lost,
+        and the run goes on instead of crashing at the same message on every restart."""
+        limit = self._limits[letter.topic]
+        cut = cut_to_fit(letter, min(limit, producer_sizing(limit)["message.max.bytes"]))  # librdkafka's check too
+        topic, partition, offset = letter.source
+        log.error("dead letter for %s[%d]@%d (stage %s) is about %d bytes, more than dead-letter topic %s accepts "
+                  "(max.message.bytes %d): stored truncated, value cut from %d to %d bytes, "
+                  "with header %s; raise the topic's max.message.bytes to keep such letters whole",
+                  topic, partition, offset, letter.stage, letter.size(), letter.topic, limit,
+                  len(letter.value or b""), len(cut.value or b""), TRUNCATED_HEADER,
+                  extra=message_fields(topic, partition, offset))
+        self._send(cut)
+
+    def _write_failed(self, letter: Letter, error: KafkaError) -> DeadLetterWriteError:
+        topic, partition, offset = letter.source
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            fix = (f"Even cut down to {letter.size()} bytes the letter is too large; raise max.message.bytes of "
+                   f"{letter.topic!r} (it is {self._limits[letter.topic]})")
+        else:
+            fix = "Check the topic exists and this client may write to it."
+        return DeadLetterWriteError(
+            f"could not write the dead letter for {topic}[{partition}]@{offset} to dead-letter topic "
+            f"{letter.topic!r}: {error.str()}; stopping without committing so nothing is lost. {fix}")
+
+    def _unacknowledged(self) -> int:
+        return sum(len(producer) for producer in self._producers.values()) + len(self._refused)
+
+    def _producer(self, limit: int) -> Producer:
+        """The producer for topics of this size limit; zstd unless the pass-through picks another compression."""
+        producer = self._producers.get(limit)
+        if producer is None:
+            producer = self._producers[limit] = Producer({
+                "compression.type": "zstd",
+                **self._settings.kafka_client_config(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 20,
+                "client.id": "segment-wigzo-dlq",
+                "logger": KAFKA_LOGGER,
+                **producer_sizing(limit),
+            })
+        return producer
+
+    # ---- the topics -----------------------------------------------------------------------------
+
+    def _check_name(self, topic: str) -> None:
+        if (problem := topic_name_problem(topic)) is not None:
+            raise DeadLetterWriteError(
+                f"dead-letter topic {topic!r} is not a valid Kafka topic name: {problem}. Set DLQ_TOPIC "
+                f"(--dlq-topic) to a name of 1 to {TOPIC_NAME_MAX_LENGTH} ASCII letters, digits, '.', '_' or '-'")
+
+    def _open(self, topic: str, sources: Sequence[str]) -> None:
+        """Make sure the topic exists, created if absent with as many partitions as its largest source (like
+        the source, keyed letters spread over partitions), and learn its size limit."""
+        try:
+            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT)
+        except KafkaException as exc:
+            raise DeadLetterWriteError(
+                f"could not check dead-letter topic {topic!r}: {exc.args[0].str()}; check KAFKA_BOOTSTRAP_SERVERS "
+                "and that this client may describe topics") from None
+        if topic not in metadata.topics:
+            self._create(topic, _partition_count(metadata, sources))
+        self._limits[topic] = self._max_message_bytes(topic)
+
+    def _create(self, topic: str, partitions: int) -> None:
+        future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)],
+                                           request_timeout=ADMIN_TIMEOUT)[topic]
+        try:
+            future.result(timeout=ADMIN_TIMEOUT + 5)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another member created it meanwhile
+                return
+            raise DeadLetterWriteError(
+                f"dead-letter topic {topic!r} does not exist and could not be created: {exc.args[0].str()}; create "
+                f"it ({partitions} partition(s)) or allow this client to create topics") from None
+        except TimeoutError:
+            raise DeadLetterWriteError(f"dead-letter topic {topic!r} does not exist and creating it timed out after "
+                                       f"{ADMIN_TIMEOUT:.0f}s; check the brokers, or create it yourself") from None
+        log.info("created dead-letter topic %s with %d partitions", topic, partitions)
+
+    def _max_message_bytes(self, topic: str) -> int:
+        """The largest record batch the topic accepts: its max.message.bytes, which Kafka reports as the
+        broker's message.max.bytes when the topic sets none. A topic just created may not have reached the
+        broker that answers yet, so an unknown topic is asked about again for a while."""
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        deadline = time.monotonic() + ADMIN_TIMEOUT
+        while True:
+            future = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)[resource]
+            try:
+                return int(future.result(timeout=ADMIN_TIMEOUT + 5)["max.message.bytes"].value)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                reason = error.str()
+            except TimeoutError:
+                reason = f"no answer within {ADMIN_TIMEOUT:.0f}s"
+            raise DeadLetterWriteError(
+                f"could not read the size limit (max.message.bytes) of dead-letter topic {topic!r}: {reason}; "
+                "allow this client to describe the topic's configuration (DescribeConfigs)")
+
+
+def _partition_count(metadata: ClusterMetadata, sources: Sequence[str]) -> int:
+    """Partitions of the largest existing source; a pattern source (`^...`) counts every topic it matches."""
+    counts = [len(info.partitions) for name, info in metadata.topics.items()
+              if any(re.match(source[1:], name) if source.startswith("^") else source == name for source in sources)]
+    return max(counts, default=1)
