@@ -14,6 +14,10 @@ Wigzo routes (the documented checks; 200 ``{"status": "success"}``, 400 ``{"stat
 ``token`` is checked only when the sandbox has an API token. Requests carry an ``Idempotency-Key``
 header; every request to a learn route counts as an attempt for its key, whatever its answer.
 
+Retry-After is audited: after a 429 with ``Retry-After: T`` for a key (from any fault), a request for the
+same key arriving more than 50 ms before T seconds have passed since the 429 was sent is a violation.
+Clients that honour Retry-After cause none; the chaos suite asserts so.
+
 Control API (JSON; not subject to faults):
 
     GET  /_sandbox/requests    {"requests": [...]} accepted requests in arrival order, each
@@ -23,14 +27,24 @@ Control API (JSON; not subject to faults):
     GET  /_sandbox/attempts    {"attempts": [...]} every learn request seen, each
                                {"path", "idempotency_key", "received_at", "attempt", "outcome"}
                                where outcome is the status sent, "hang" or "drop"
-    GET  /_sandbox/stats       {"accepted", "seen", "connections_opened"}
+    GET  /_sandbox/violations  {"violations": [...]} Retry-After violations in arrival order, each
+                               {"path", "idempotency_key", "received_at", "attempt", "retry_after",
+                               "early_s"} (early_s = how long before the allowed time it arrived)
+    GET  /_sandbox/stats       {"accepted", "seen", "connections_opened", "retry_after_violations"}
     GET  /_sandbox/faults      the faults in force (outage_seconds = what is left of the outage)
-    POST /_sandbox/faults      change the given faults, e.g. {"error_rate": 0.2}; 400 on an unknown one
-    POST /_sandbox/reset       forget all requests and attempts, restore the faults the sandbox started with
+    POST /_sandbox/faults      change the given faults, e.g. {"error_rate": 0.2}; 400 on an unknown one.
+                               Only a change naming outage_seconds starts (or, with 0, ends) an outage;
+                               one naming rate_limit_per_second or rate_limit_burst refills the bucket
+    POST /_sandbox/reset       forget all requests, attempts and violations, restore the faults the
+                               sandbox started with (restarting their outage and a full bucket)
 
 Faults (see `Faults`) apply to learn routes in this order: unauthorized, outage, fail_first_attempts,
-hang, drop, throttle, error; then the token and body checks and reject_event_names. Latency delays
-every answer.
+rate limit, hang, drop, throttle, error; then the token and body checks and reject_event_names. Latency
+delays every answer. The rate limit is a token bucket: rate_limit_per_second tokens a second, at most
+rate_limit_burst saved up (0: one second's worth, at least 1); a request that finds no token is
+answered 429 with Retry-After = whole seconds until one is available (at least 1).
+
+``SandboxServer(..., ssl_context=...)`` (or ``--tls-cert FILE --tls-key FILE``) serves HTTPS instead.
 
 The server is a small asyncio HTTP/1.1 implementation (keep-alive, Content-Length bodies) rather
 than `http.server`, so that injected latency and hanging requests hold no threads, and so that the
@@ -41,12 +55,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -65,6 +82,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 HANG, DROP = "hang", "drop"
+RETRY_AFTER_SLACK_S = 0.05  # clock and scheduling noise a client's retry may arrive early by without a violation
 
 
 class SandboxError(PipelineError):
@@ -83,6 +101,8 @@ class Faults:
     hang_rate: float = 0.0                # never answered (the connection is held until the client leaves)
     drop_rate: float = 0.0                # connection closed without an answer
     outage_seconds: float = 0.0           # every request answered 503 for this long from when it is set
+    rate_limit_per_second: float = 0.0    # token bucket refill rate; 0 = no rate limit
+    rate_limit_burst: int = 0             # tokens the bucket holds; 0 = one second's worth (at least 1)
     unauthorized: bool = False            # every request answered 401, as if the token were revoked
     reject_event_names: tuple[str, ...] = ()  # events with these eventName values answered 400
     fail_first_attempts: int = 0          # each idempotency key's first N attempts answered with fail_with
@@ -92,7 +112,8 @@ class Faults:
         for name in ("error_rate", "throttle_rate", "hang_rate", "drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "latency_jitter_ms", "outage_seconds", "retry_after_s", "fail_first_attempts"):
+        for name in ("latency_ms", "latency_jitter_ms", "outage_seconds", "retry_after_s", "fail_first_attempts",
+                     "rate_limit_per_second", "rate_limit_burst"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.fail_with not in (HANG, DROP) and not (self.fail_with.isdigit() and 100 <= int(self.fail_with) < 600):
@@ -139,6 +160,26 @@ class _Answer:
     status: int
     payload: bytes
     extra_headers: str = ""
+    retry_after: int | None = None  # sent as Retry-After, and audited for the key it answered
+
+
+class _TokenBucket:
+    """The rate limit: `rate` tokens a second, at most `capacity` saved up; each request takes one."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """0.0 when a token was taken, else the seconds until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 def _error(status: int, message: str, field: str = "") -> _Answer:
@@ -210,11 +251,20 @@ class _Wigzo:
         self.seen: list[dict[str, Any]] = []
         self.attempts: Counter[str] = Counter()
         self.accepted_per_key: Counter[str] = Counter()
-        self.set_faults(self.initial_faults)
+        self.retry_not_before: dict[str, tuple[float, int]] = {}  # key -> (monotonic time, the Retry-After sent)
+        self.violations: list[dict[str, Any]] = []
+        self.set_faults(self.initial_faults, [f.name for f in fields(Faults)])
 
-    def set_faults(self, faults: Faults) -> None:
+    def set_faults(self, faults: Faults, changed: Collection[str]) -> None:
+        """Put `faults` in force. Only faults named in `changed` restart their clocks: an outage that has ended
+        stays ended when, say, latency changes, and the rate limit's bucket keeps its tokens."""
+        now = time.monotonic()
         self.faults = faults
-        self.outage_until = time.monotonic() + faults.outage_seconds
+        if "outage_seconds" in changed:
+            self.outage_until = now + faults.outage_seconds
+        if "rate_limit_per_second" in changed or "rate_limit_burst" in changed:
+            rate = faults.rate_limit_per_second
+            self.bucket = _TokenBucket(rate, faults.rate_limit_burst or max(1.0, rate), now) if rate else None
 
     def answer(self, request: _Request) -> tuple[_Answer | str, float]:
         """The answer (or HANG / DROP) and how many seconds to delay it."""
@@ -232,10 +282,15 @@ class _Wigzo:
         self.attempts[key] += 1
         attempt = self.attempts[key]
         now = time.time()
-        verdict = self.learn(request, faults, attempt)
+        monotonic = time.monotonic()
+        self.audit_retry_after(request.path, key, attempt, now, monotonic)
+        verdict = self.learn(request, faults, attempt, monotonic)
         outcome = SUCCESS if isinstance(verdict, dict) else verdict
         self.seen.append({"path": request.path, "idempotency_key": key, "received_at": now, "attempt": attempt,
                           "outcome": outcome if isinstance(outcome, str) else outcome.status})
+        if isinstance(outcome, _Answer) and outcome.retry_after is not None and key:
+            # the client's clock starts when it gets the answer, after the injected latency
+            self.retry_not_before[key] = (monotonic + delay + outcome.retry_after, outcome.retry_after)
         if isinstance(verdict, dict):
             body = verdict
             self.accepted_per_key[key] += 1
@@ -243,14 +298,26 @@ class _Wigzo:
                                   "attempt": attempt, "user_agent": request.headers.get("user-agent", "")})
         return outcome, delay
 
-    def learn(self, request: _Request, faults: Faults, attempt: int) -> _Answer | str | dict[str, Any]:
+    def audit_retry_after(self, path: str, key: str, attempt: int, now: float, monotonic: float) -> None:
+        """Record a violation when `key` comes back sooner than the last 429 for it allowed."""
+        allowed = self.retry_not_before.pop(key, None)
+        if allowed is None:
+            return
+        not_before, retry_after = allowed
+        if monotonic < not_before - RETRY_AFTER_SLACK_S:
+            self.violations.append({"path": path, "idempotency_key": key, "received_at": now, "attempt": attempt,
+                                    "retry_after": retry_after, "early_s": round(not_before - monotonic, 3)})
+
+    def learn(self, request: _Request, faults: Faults, attempt: int, now: float) -> _Answer | str | dict[str, Any]:
         """The failure answer (or HANG / DROP), or the parsed body when the request is accepted."""
         if faults.unauthorized:
             return _error(401, "the token was rejected")
-        if faults.outage_seconds and time.monotonic() < self.outage_until:
+        if now < self.outage_until:
             return _error(503, "Wigzo is down for maintenance")
         if attempt <= faults.fail_first_attempts:
             return self.failure(faults.fail_with, faults)
+        if self.bucket is not None and (wait := self.bucket.take(now)):
+            return replace(_error(429, "rate limit exceeded"), retry_after=math.ceil(wait))  # wait > 0: at least 1
         roll = self.rng.random
         if faults.hang_rate and roll() < faults.hang_rate:
             return HANG
@@ -287,7 +354,7 @@ class _Wigzo:
         status = int(kind)
         answer = _error(status, f"injected HTTP {status}")
         if status == 429:
-            return _Answer(429, answer.payload, f"Retry-After: {faults.retry_after_s}\r\n")
+            return replace(answer, retry_after=faults.retry_after_s)
         return answer
 
     def control(self, request: _Request) -> _Answer:
@@ -301,9 +368,12 @@ class _Wigzo:
             return _Answer(200, orjson.dumps({"duplicates": duplicates}))
         if route == ("GET", "/_sandbox/attempts"):
             return _Answer(200, orjson.dumps({"attempts": self.seen}))
+        if route == ("GET", "/_sandbox/violations"):
+            return _Answer(200, orjson.dumps({"violations": self.violations}))
         if route == ("GET", "/_sandbox/stats"):
             return _Answer(200, orjson.dumps({"accepted": len(self.accepted), "seen": len(self.seen),
-                                              "connections_opened": self.connections_opened}))
+                                              "connections_opened": self.connections_opened,
+                                              "retry_after_violations": len(self.violations)}))
         if route == ("GET", "/_sandbox/faults"):
             return _Answer(200, orjson.dumps(self.current_faults()))
         if route == ("POST", "/_sandbox/faults"):
@@ -311,7 +381,7 @@ class _Wigzo:
                 changes = orjson.loads(request.body or b"{}")
                 if not isinstance(changes, dict):
                     raise ValueError("send a JSON object of faults")
-                self.set_faults(self.faults.updated(changes))
+                self.set_faults(self.faults.updated(changes), changes.keys())
             except (ValueError, orjson.JSONDecodeError) as exc:
                 return _error(400, str(exc))
             return _Answer(200, orjson.dumps(self.current_faults()))
@@ -322,15 +392,16 @@ class _Wigzo:
 
     def current_faults(self) -> dict[str, Any]:
         faults = asdict(self.faults)
-        faults["outage_seconds"] = max(0.0, self.outage_until - time.monotonic()) if self.faults.outage_seconds else 0.0
+        faults["outage_seconds"] = max(0.0, self.outage_until - time.monotonic())
         return faults
 
 
 def _encode(answer: _Answer, keep_alive: bool) -> bytes:
     closing = "" if keep_alive else "Connection: close\r\n"
+    retry_after = "" if answer.retry_after is None else f"Retry-After: {answer.retry_after}\r\n"
     head = (f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, 'Unknown')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(answer.payload)}\r\n"
-            f"{answer.extra_headers}{closing}\r\n")
+            f"{answer.extra_headers}{retry_after}{closing}\r\n")
     return head.encode("latin-1") + answer.payload
 
 
@@ -430,14 +501,18 @@ class _Connection(asyncio.Protocol):
 
 
 class SandboxServer:
-    """The sandbox in-process, serving from a background thread with its own event loop."""
+    """The sandbox in-process, serving from a background thread with its own event loop.
+
+    With `ssl_context` (a server-side context holding the certificate) it serves HTTPS, so tests can check
+    the client's certificate verification against a real handshake."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, org_token: str, api_token: str | None = None,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         if not org_token:
             raise SandboxError("the sandbox needs an org token: pass --org-token or set WIGZO_ORG_TOKEN")
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
         self._wigzo = _Wigzo(org_token, api_token or None, faults or Faults())
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
@@ -447,9 +522,11 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         self._server = self._loop.run_until_complete(self._loop.create_server(
-            lambda: _Connection(self._wigzo, self._connections), self._host, self._port, backlog=1024))
+            lambda: _Connection(self._wigzo, self._connections), self._host, self._port, backlog=1024,
+            ssl=self._ssl_context))
         host, port = self._server.sockets[0].getsockname()[:2]
-        self.url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        scheme = "https" if self._ssl_context else "http"
+        self.url = f"{scheme}://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         self._thread = threading.Thread(target=self._loop.run_forever, name="wigzo-sandbox", daemon=True)
         self._thread.start()
         return self
@@ -478,15 +555,17 @@ class SandboxServer:
 
 
 class SandboxControl:
-    """Client of the control API, for tests, the demo and other processes."""
+    """Client of the control API, for tests, the demo and other processes. `ca_bundle` trusts the certificate
+    of a sandbox serving HTTPS."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, ca_bundle: str | None = None) -> None:
         self._url = url.rstrip("/") + "/_sandbox"
         self._session = requests.Session()
+        self._verify: str | bool = ca_bundle or True  # per call: REQUESTS_CA_BUNDLE would override Session.verify
 
     def _call(self, method: str, route: str, payload: dict[str, Any] | None = None) -> Any:
         response = self._session.request(method, f"{self._url}/{route}", data=orjson.dumps(payload) if payload else None,
-                                         timeout=10)
+                                         timeout=10, verify=self._verify)
         answer = orjson.loads(response.content)
         if response.status_code != 200:
             raise SandboxError(f"sandbox {route}: {answer.get('error', response.text)}")
@@ -503,6 +582,10 @@ class SandboxControl:
 
     def attempts(self) -> list[dict[str, Any]]:
         return self._call("GET", "attempts")["attempts"]
+
+    def retry_after_violations(self) -> list[dict[str, Any]]:
+        """Requests that came back for their key before the Retry-After of its last 429 allowed."""
+        return self._call("GET", "violations")["violations"]
 
     def stats(self) -> dict[str, int]:
         return self._call("GET", "stats")
@@ -529,6 +612,8 @@ FAULT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("hang_rate", float, "share of requests never answered"),
     ("drop_rate", float, "share of connections dropped without an answer"),
     ("outage_seconds", float, "answer everything 503 for this many seconds from start"),
+    ("rate_limit_per_second", float, "token bucket rate limit: requests allowed per second, beyond it 429"),
+    ("rate_limit_burst", int, "tokens the rate limit saves up (default: one second's worth)"),
     ("fail_first_attempts", int, "answer each idempotency key's first N attempts with --fail-with"),
     ("fail_with", str, 'status for --fail-first-attempts, or "hang" / "drop"'),
 )
@@ -544,6 +629,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unauthorized", action="store_true", default=None, help="answer everything 401")
     parser.add_argument("--reject-event-names", default=None, metavar="NAME,...",
                         help="answer events with these eventName values 400")
+    parser.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS with this PEM certificate "
+                        "(chain); needs --tls-key")
+    parser.add_argument("--tls-key", default=None, metavar="FILE", help="the PEM private key for --tls-cert")
+
+
+def _ssl_context_from(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server-side TLS context for the sandbox from PEM files, or a SandboxError saying what is wrong."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:  # a missing file, or ssl.SSLError: not PEM, or a key that does not match
+        raise SandboxError(f"cannot serve HTTPS with --tls-cert {cert_file} --tls-key {key_file}: {exc}") from None
+    return context
 
 
 def main(args: argparse.Namespace) -> int:
@@ -559,11 +657,14 @@ def main(args: argparse.Namespace) -> int:
         faults = Faults().updated(changes)
     except ValueError as exc:
         raise SandboxError(str(exc)) from None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SandboxError("pass both --tls-cert and --tls-key to serve HTTPS, or neither for HTTP")
+    ssl_context = _ssl_context_from(args.tls_cert, args.tls_key) if args.tls_cert else None
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     server = SandboxServer(host=args.host, port=args.port, org_token=org_token, api_token=api_token,
-                           faults=faults).start()
+                           faults=faults, ssl_context=ssl_context).start()
     print(server.url, flush=True)
     while not stopped.wait(0.5):
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import signal
@@ -269,6 +270,64 @@ def test_throttling_answers_429_with_retry_after(sandbox: Sandbox) -> None:
     assert response.status_code == 429 and response.headers["Retry-After"] == "7"
 
 
+def test_the_rate_limit_answers_429_with_the_seconds_until_a_token_once_the_burst_is_spent(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(rate_limit_per_second=0.1, rate_limit_burst=2)  # a token every 10 s, 2 saved up
+    with requests.Session() as session:
+        started = time.monotonic()
+        responses = [post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key=f"r{n}", session=session) for n in range(4)]
+        elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [200, 200, 429, 429]
+    for response in responses[2:]:  # the bucket emptied at most `elapsed` ago: its next token is 10 s after that
+        assert math.ceil(10 - elapsed) <= int(response.headers["Retry-After"]) <= 10
+    assert [a["outcome"] for a in sandbox.control.attempts()] == [200, 200, 429, 429]
+    assert sandbox.control.count() == 2
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="r2").status_code == 429  # straight back: a violation
+    assert [v["idempotency_key"] for v in sandbox.control.retry_after_violations()] == ["r2"]
+
+
+def test_waiting_out_the_rate_limits_retry_after_gets_through(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(rate_limit_per_second=1)  # the burst defaults to one second's worth: 1 token
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="a").status_code == 200
+    throttled = post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="b")
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "1"
+    time.sleep(1)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="b").status_code == 200
+    assert sandbox.control.retry_after_violations() == []
+
+
+def test_changing_another_fault_keeps_the_rate_limits_bucket(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(rate_limit_per_second=0.1, rate_limit_burst=1)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="a").status_code == 200
+    sandbox.control.set_faults(latency_ms=1)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="b").status_code == 429
+    sandbox.control.set_faults(rate_limit_burst=1)  # naming the rate limit starts a full bucket
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="c").status_code == 200
+
+
+def test_coming_back_before_retry_after_is_a_violation_for_that_key(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(throttle_rate=1.0, retry_after_s=1)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="early").status_code == 429
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="patient").status_code == 429
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="early").status_code == 429  # at once: a violation
+    time.sleep(1)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="patient").status_code == 429  # waited: none
+    [violation] = sandbox.control.retry_after_violations()
+    assert violation["idempotency_key"] == "early" and violation["path"] == IDENTIFY
+    assert violation["attempt"] == 2 and violation["retry_after"] == 1 and 0.05 < violation["early_s"] <= 1
+    assert sandbox.control.stats()["retry_after_violations"] == 1
+    sandbox.control.reset()
+    assert sandbox.control.retry_after_violations() == [] and sandbox.control.stats()["retry_after_violations"] == 0
+
+
+def test_the_retry_after_clock_starts_when_the_delayed_answer_is_sent(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(throttle_rate=1.0, retry_after_s=1, latency_ms=1000)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="k").status_code == 429
+    sandbox.control.set_faults(latency_ms=0)
+    time.sleep(0.5)
+    post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="k")  # 1.5 s after asking, but only 0.5 s after the answer
+    assert [v["idempotency_key"] for v in sandbox.control.retry_after_violations()] == ["k"]
+
+
 def test_a_hanging_request_trips_the_clients_read_timeout(sandbox: Sandbox) -> None:
     sandbox.control.set_faults(hang_rate=1.0)
     with pytest.raises(requests.ReadTimeout):
@@ -289,6 +348,19 @@ def test_an_outage_answers_503_until_its_window_ends(sandbox: Sandbox) -> None:
     assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY).status_code == 503
     assert 0 < sandbox.control.faults()["outage_seconds"] <= 0.5
     time.sleep(0.6)
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY).status_code == 200
+
+
+def test_only_naming_outage_seconds_starts_an_outage(sandbox: Sandbox) -> None:
+    sandbox.control.set_faults(outage_seconds=0.3)
+    time.sleep(0.4)
+    sandbox.control.set_faults(error_rate=0.0)  # any other change leaves the ended outage ended
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY).status_code == 200
+    assert sandbox.control.faults()["outage_seconds"] == 0.0
+    sandbox.control.set_faults(outage_seconds=30)
+    sandbox.control.set_faults(latency_ms=1)  # and a running one running
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY).status_code == 503
+    sandbox.control.set_faults(outage_seconds=0)  # naming it with 0 ends it
     assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY).status_code == 200
 
 

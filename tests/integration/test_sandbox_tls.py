@@ -1,0 +1,140 @@
+"""The sandbox serving HTTPS: WigzoClient verifies its certificate, and delivers only when it trusts the CA."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import trustme
+
+from pipeline.config import Settings
+from pipeline.dev.sandbox import SandboxControl, SandboxServer
+from pipeline.model import Aborted, Delivered, Secret, WigzoRequest
+from pipeline.wigzo.client import WigzoClient
+from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
+from tests.integration.test_sandbox import GOOD_IDENTIFY, IDENTIFY, post, start_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def _tls_server(ca: trustme.CA) -> Iterator[SandboxServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with SandboxServer(org_token=SANDBOX_ORG_TOKEN, ssl_context=context) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_sandbox(_tls_server: SandboxServer, ca_pem: str) -> Iterator[Sandbox]:
+    control = SandboxControl(_tls_server.url, ca_bundle=ca_pem)
+    control.reset()
+    yield Sandbox(_tls_server, control)
+    control.close()
+
+
+def client(url: str, ca_bundle: str = "") -> WigzoClient:
+    settings = Settings(wigzo_base_url=url, wigzo_org_token=Secret(SANDBOX_ORG_TOKEN), connect_timeout=2.0,
+                        read_timeout=5.0, ca_bundle=ca_bundle)
+    return WigzoClient(settings)
+
+
+def identify(key: str) -> WigzoRequest:
+    return WigzoRequest("POST", IDENTIFY, (("org_token", SANDBOX_ORG_TOKEN),), GOOD_IDENTIFY,
+                        (("Idempotency-Key", key),))
+
+
+def test_the_sandbox_serves_https_with_the_given_certificate(tls_sandbox: Sandbox) -> None:
+    assert tls_sandbox.url.startswith("https://127.0.0.1:")
+    with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        requests.get(tls_sandbox.url + "/_sandbox/count", timeout=5)
+    assert tls_sandbox.control.count() == 0  # the control API, over HTTPS with the CA trusted
+
+
+def test_a_client_that_does_not_trust_the_ca_delivers_nothing(tls_sandbox: Sandbox,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pipeline.wigzo.client")
+    wigzo = client(tls_sandbox.url)
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)  # a certificate failure is transient: retried until stopped
+    timer.start()
+    try:
+        result = wigzo.deliver(identify("untrusted"), stop)
+    finally:
+        timer.cancel()
+        wigzo.close()
+    assert isinstance(result, Aborted) and result.attempts >= 1
+    assert "SSLError" in caplog.text  # the attempts' label: the certificate was not verified
+    assert tls_sandbox.control.attempts() == [] and tls_sandbox.control.count() == 0
+
+
+def test_a_client_given_the_ca_bundle_delivers(tls_sandbox: Sandbox, ca_pem: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests lets these override a Session's own bundle; the configured WIGZO_CA_BUNDLE must win over them
+    unrelated = tmp_path / "unrelated-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(unrelated))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(unrelated))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(unrelated))
+    wigzo = client(tls_sandbox.url, ca_bundle=ca_pem)
+    stop = threading.Event()
+    timer = threading.Timer(10.0, stop.set)  # a failure would be retried forever: end it as Aborted instead
+    timer.start()
+    try:
+        assert wigzo.deliver(identify("trusted"), stop) == Delivered(200, 1)
+    finally:
+        timer.cancel()
+        wigzo.close()
+    [record] = tls_sandbox.control.received()
+    assert record["idempotency_key"] == "trusted" and record["body"] == GOOD_IDENTIFY
+
+
+def test_the_command_serves_https_with_tls_flags(ca: trustme.CA, ca_pem: str, tmp_path: Path) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    process, url = start_cli("--tls-cert", str(cert_file), "--tls-key", str(key_file),
+                             "--rate-limit-per-second", "0.1", "--rate-limit-burst", "1",
+                             env={"WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN})
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        with requests.Session() as session:
+            session.trust_env = False  # else REQUESTS_CA_BUNDLE would override session.verify
+            session.verify = ca_pem
+            assert post(url, IDENTIFY, GOOD_IDENTIFY, key="a", session=session).status_code == 200
+            assert post(url, IDENTIFY, GOOD_IDENTIFY, key="b", session=session).status_code == 429
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tls-cert", "cert.pem"], "pass both --tls-cert and --tls-key"),
+    (["--tls-cert", "missing.pem", "--tls-key", "missing.pem"], "cannot serve HTTPS with --tls-cert missing.pem"),
+])
+def test_the_command_refuses_incomplete_or_unreadable_tls_flags(flags: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline.dev.sandbox", "--port", "0", *flags],
+                            capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN})
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
