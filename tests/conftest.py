@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.dev.local_kafka import LocalKafka, default_home
+from pipeline.dev.local_kafka import LocalKafka, SaslListener, default_home
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -34,6 +34,14 @@ def kafka_bootstrap() -> Iterator[str]:
     yield bootstrap
     if not was_running:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl(kafka_bootstrap: str) -> SaslListener:
+    """The local broker's SCRAM listener with its development user (created if this broker lacks it)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external Kafka: its SASL listener and users are unknown")
+    return LocalKafka(default_home()).ensure_sasl_user()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,9 @@
 The broker's jars are resolved once with the machine's `mvn` into a git-ignored cache; later starts
 need no network. Used by the demo, the test suite and CI; deployments point KAFKA_BOOTSTRAP_SERVERS
 at their own cluster instead.
+
+Besides PLAINTEXT (everything's default) the broker has a SASL_PLAINTEXT listener with SCRAM-SHA-256 two
+ports up, so authenticated clients can be tested; its user is a development-only credential.
 """
 
 from __future__ import annotations
@@ -15,18 +18,24 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
 
 from pipeline.config import LOCAL_BOOTSTRAP
-from pipeline.model import PipelineError
+from pipeline.model import PipelineError, Secret
 
+HOST = LOCAL_BOOTSTRAP.rsplit(":", 1)[0]
 PORT = int(LOCAL_BOOTSTRAP.rsplit(":", 1)[1])
-CONTROLLER_PORT = PORT + 1
 RESOURCES = resources.files("pipeline.dev") / "resources" / "kafka"
+# The SCRAM user of the SASL listener. A development-only credential: the broker listens on loopback only.
+SASL_MECHANISM = "SCRAM-SHA-256"
+SASL_USERNAME = "wigzo-dev"
+SASL_PASSWORD = Secret("wigzo-dev-password")
+SCRAM_ITERATIONS = 4096  # the minimum Kafka accepts for SCRAM-SHA-256
 
 
 class LocalKafkaError(PipelineError):
@@ -43,9 +52,46 @@ def default_home() -> Path:
     return Path.home() / ".cache" / "segment-wigzo" / "kafka"
 
 
+def default_port() -> int:
+    """The PLAINTEXT port (the controller takes the next, SASL the one after). WIGZO_KAFKA_PORT, with
+    WIGZO_KAFKA_HOME, lets a developer try broker changes beside the shared broker without stopping it."""
+    text = os.environ.get("WIGZO_KAFKA_PORT")
+    if not text:
+        return PORT
+    if not text.isdigit() or not 1024 <= int(text) <= 65533:
+        raise LocalKafkaError(f"WIGZO_KAFKA_PORT={text!r} is invalid: give a free port from 1024 to 65533 "
+                              "(the next two are used too), or unset it for the default")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class SaslListener:
+    """Where and as whom a client authenticates to the local broker's SCRAM listener."""
+
+    bootstrap: str
+    mechanism: str
+    username: str
+    password: Secret
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings for this listener (they hold the password: never log them)."""
+        return {"bootstrap.servers": self.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanisms": self.mechanism, "sasl.username": self.username,
+                "sasl.password": self.password.reveal()}
+
+
 @dataclass(frozen=True)
 class LocalKafka:
     home: Path
+    port: int = field(default_factory=default_port)
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def sasl_port(self) -> int:
+        return self.port + 2
 
     @property
     def libs(self) -> Path:
@@ -65,7 +111,11 @@ class LocalKafka:
 
     @property
     def bootstrap(self) -> str:
-        return LOCAL_BOOTSTRAP
+        return f"{HOST}:{self.port}"
+
+    @property
+    def sasl(self) -> SaslListener:
+        return SaslListener(f"{HOST}:{self.sasl_port}", SASL_MECHANISM, SASL_USERNAME, SASL_PASSWORD)
 
     def install(self) -> bool:
         """Resolve the broker's jars unless the cache already matches the pom; True if it downloaded."""
@@ -106,7 +156,8 @@ class LocalKafka:
     def _write_config(self) -> Path:
         template = (RESOURCES / "server.properties").read_text()
         config = self.home / "server.properties"
-        config.write_text(template.format(port=PORT, controller_port=CONTROLLER_PORT, data_dir=self.data_dir))
+        config.write_text(template.format(port=self.port, controller_port=self.controller_port,
+                                          sasl_port=self.sasl_port, data_dir=self.data_dir))
         (self.home / "log4j2.yaml").write_bytes((RESOURCES / "log4j2.yaml").read_bytes())
         return config
 
@@ -131,11 +182,37 @@ class LocalKafka:
         return pid
 
     def answers(self, timeout: float = 2.0) -> bool:
+        return _answers({"bootstrap.servers": self.bootstrap}, timeout)
+
+    def sasl_answers(self, timeout: float = 2.0) -> bool:
+        """True if the SASL listener authenticates the development user."""
+        return _answers(self.sasl.client_config(), timeout)
+
+    def ensure_sasl_user(self, timeout: float = 30.0) -> SaslListener:
+        """Create or refresh the SCRAM user over PLAINTEXT, then wait until the SASL listener accepts it.
+
+        At runtime rather than at storage-format time, so a data directory formatted before the listener
+        existed gets the user too; upserting the same password again changes nothing for clients.
+        """
+        sasl = self.sasl
+        upsert = UserScramCredentialUpsertion(
+            sasl.username, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, SCRAM_ITERATIONS),
+            sasl.password.reveal().encode())
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         try:
-            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=timeout)
-        except Exception:  # any failure to reach the cluster means "not ready" here
-            return False
-        return True
+            admin.alter_user_scram_credentials([upsert])[sasl.username].result(timeout=timeout)
+        except Exception as exc:  # KafkaException or a timeout: either way the user could not be created
+            raise LocalKafkaError(f"creating the SCRAM user {sasl.username!r} at {self.bootstrap} failed ({exc}); "
+                                  f"is the broker running? see {self.log_file}") from None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sasl_answers():
+                return sasl
+            time.sleep(0.2)
+        raise LocalKafkaError(
+            f"the SASL listener at {sasl.bootstrap} did not accept user {sasl.username!r} within {timeout:.0f}s. "
+            "A broker started before the listener was configured lacks it: restart it with "
+            f"`wigzo-pipeline kafka stop && wigzo-pipeline kafka start`; otherwise see {self.log_file}")
 
     def start(self, timeout: float = 90.0) -> str:
         """Start the broker unless it runs already; return the bootstrap address once it answers."""
@@ -191,6 +268,14 @@ class LocalKafka:
             return "(no broker log)"
 
 
+def _answers(config: dict[str, Any], timeout: float) -> bool:
+    try:
+        AdminClient({**config, "log_level": 0}).list_topics(timeout=timeout)
+    except Exception:  # any failure to reach the cluster means "not ready" here
+        return False
+    return True
+
+
 def _reap(pid: int) -> bool:
     """Collect a child we started ourselves so it does not linger as a zombie; True once it is gone."""
     try:
@@ -211,16 +296,25 @@ def main(args: argparse.Namespace) -> int:
         started = time.monotonic()
         downloaded = kafka.install()
         bootstrap = kafka.start()
+        sasl = kafka.ensure_sasl_user()
         print(f"Kafka is up at {bootstrap} ({time.monotonic() - started:.1f}s"
               f"{', jars downloaded' if downloaded else ', from cache'}); data in {kafka.data_dir}")
         print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+        print(f"SASL_PLAINTEXT with {sasl.mechanism} at {sasl.bootstrap}, user {sasl.username} "
+              "(development-only password: see README, Local Kafka)")
         return 0
     if args.action == "stop":
         print("Kafka stopped" if kafka.stop() else "Kafka was not running")
         return 0
     pid = kafka.pid()
     if pid is not None and kafka.answers():
+        sasl = kafka.sasl
         print(f"running (pid {pid}) at {kafka.bootstrap}")
+        if kafka.sasl_answers():
+            print(f"SASL_PLAINTEXT with {sasl.mechanism} at {sasl.bootstrap}, user {sasl.username}")
+        else:
+            print(f"SASL_PLAINTEXT at {sasl.bootstrap} does not accept user {sasl.username}: `wigzo-pipeline kafka "
+                  "start` creates it; a broker started before the listener was configured needs a restart")
         return 0
     print("not running" if pid is None else f"process {pid} exists but does not answer at {kafka.bootstrap}")
     return 1
