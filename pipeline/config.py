@@ -160,6 +160,8 @@ OPTIONS: tuple[Option, ...] = (
            "a configuration problem: delivery pauses instead of dead-lettering more"),
     Option("startup_timeout", "STARTUP_TIMEOUT", "--startup-timeout", _positive_float,
            "seconds to reach the broker, find the topics and join the group before a batch run gives up"),
+    Option("workers", "WORKERS", "--workers", _positive_int,
+           "consumer-group members in this container, one process each under a supervisor (run only)"),
     Option("metrics_port", "METRICS_PORT", "--metrics-port", _port,
            "port serving /metrics, /healthz and /readyz; 0 turns it off"),
     Option("log_format", "LOG_FORMAT", "--log-format", _choice(LOG_FORMATS),
@@ -194,6 +196,7 @@ class Settings:
     max_pending_per_partition: int = 250
     systemic_failure_threshold: int = 10
     startup_timeout: float = 60.0
+    workers: int = 1
     metrics_port: int = 9400
     log_format: str = "auto"
     log_level: str = "INFO"

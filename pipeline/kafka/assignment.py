@@ -60,6 +60,7 @@ class GroupSubscription:
         self._clock = clock
         self._assigned: set[PartitionKey] = set()
         self._last_check = -self.CHECK_INTERVAL
+        self._caught_up = False
 
     @property
     def assigned(self) -> frozenset[PartitionKey]:
@@ -88,14 +89,17 @@ class GroupSubscription:
         return False
 
     def finished(self, consumer: Consumer) -> bool:
+        """Caught up as of the latest check (made at most once per CHECK_INTERVAL)."""
         now = self._clock()
-        if not self._assigned or now - self._last_check < self.CHECK_INTERVAL:
+        if not self._assigned:
             return False
-        self._last_check = now
-        try:
-            return caught_up(consumer, sorted(self._assigned))
-        except KafkaException:  # the broker did not answer in time: not known to be caught up
-            return False
+        if now - self._last_check >= self.CHECK_INTERVAL:
+            self._last_check = now
+            try:
+                self._caught_up = caught_up(consumer, sorted(self._assigned))
+            except KafkaException:  # the broker did not answer in time: not known to be caught up
+                self._caught_up = False
+        return self._caught_up
 
 
 def caught_up(consumer: Consumer, keys: list[PartitionKey], timeout: float = 5.0) -> bool:

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, 
 
 from pipeline import __version__
 from pipeline.config import Settings
+from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import DeadLetter, PipelineError, Scrubber, utc_iso
 from pipeline.telemetry import metrics
 from pipeline.telemetry.logs import KAFKA_LOGGER, message_fields
@@ -155,8 +156,10 @@ class DeadLetterWriter:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token))
-        self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER})
+        self.scrub = Scrubber(settings.secrets())
+        self._watch = KafkaWatch(settings.bootstrap_servers)  # says why the admin client cannot get through
+        self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER,
+                                   "error_cb": self._watch.on_error})
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
         self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
         self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
@@ -299,6 +302,8 @@ class DeadLetterWriter:
         try:
             metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT)
         except KafkaException as exc:
+            self._admin.poll(1.0)  # serves librdkafka's error callbacks: rejected credentials say so,
+            self._watch.raise_if_fatal()  # rather than "transport failure"
             raise DeadLetterWriteError(
                 f"could not check dead-letter topic {topic!r}: {exc.args[0].str()}; check KAFKA_BOOTSTRAP_SERVERS "
                 "and that this client may describe topics") from None

@@ -3,15 +3,18 @@
 With `--exit-when-idle SECONDS` it is a batch run that tells the truth in its exit code: 0 only once caught
 up (partitions were assigned, every one is read to its high watermark, all work is finished, and nothing
 new arrived for SECONDS); non-zero, with the reason, when it cannot reach Kafka, find its topics or get a
-partition within STARTUP_TIMEOUT.
+partition within STARTUP_TIMEOUT. With `--workers N` (WORKERS) a supervisor runs N members, one process
+each (pipeline.ops.supervisor).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.assignment import GroupSubscription
@@ -21,7 +24,12 @@ from pipeline.model import PipelineError
 from pipeline.telemetry.logs import configure_for
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
+if TYPE_CHECKING:
+    from pipeline.ops.supervisor import MemberHealth
+
 log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL = 0.5  # how often a supervised member shares its health
 
 
 class BatchRunFailed(PipelineError):
@@ -39,14 +47,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     configure_for(settings)
+    if settings.workers > 1:
+        from pipeline.ops.supervisor import Supervisor
+
+        return Supervisor(settings, args.exit_when_idle).run()
+    return run_member(settings, args.exit_when_idle)
+
+
+def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
+    """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health)."""
     subscription = GroupSubscription(settings.topics, settings.dlq_topic)
-    pipeline = build_pipeline(settings, subscription)
-    stop_when = (batch_end(pipeline, subscription, settings, args.exit_when_idle)
-                 if args.exit_when_idle is not None else None)
-    probes = (ProbeServer(ProbeApp(lambda: pipeline.last_poll, pipeline.readiness), settings.metrics_port).start()
-              if settings.metrics_port else None)
     try:
-        run_pipeline(pipeline, settings, stop_when=stop_when)
+        pipeline = build_pipeline(settings, subscription)
+    except PipelineError as exc:
+        if health is None:
+            raise
+        log.error("%s", exc)  # a supervised member has no CLI above it to print the message
+        return 2
+    conditions = [batch_end(pipeline, subscription, settings, quiet_seconds)] if quiet_seconds is not None else []
+    if health is not None:
+        conditions.append(_sharing(pipeline, health))
+    probes = (ProbeServer(ProbeApp(lambda: pipeline.last_poll, pipeline.readiness), settings.metrics_port).start()
+              if settings.metrics_port and health is None else None)
+    try:
+        run_pipeline(pipeline, settings, stop_when=(lambda: any([check() for check in conditions])) if conditions
+                     else None)
+    except PipelineError as exc:
+        if health is None:
+            raise
+        log.error("%s", exc)
+        return 2
     finally:
         if probes is not None:
             probes.stop()
@@ -56,6 +86,24 @@ def main(args: argparse.Namespace) -> int:
              ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
              pipeline.stats.aborted, pipeline.stats.duplicate_risk)
     return 0
+
+
+def _sharing(pipeline: Pipeline, health: MemberHealth) -> Callable[[], bool]:
+    """A stop condition that shares the member's health with its supervisor twice a second, and drains the
+    member if the supervisor is gone (killed outright): an orphan would hold partitions nobody watches."""
+    shared = [0.0]
+    supervisor = os.getppid()
+
+    def share() -> bool:
+        if pipeline.last_poll - shared[0] >= HEALTH_INTERVAL:
+            shared[0] = pipeline.last_poll
+            health.publish(pipeline.last_poll, pipeline.readiness())
+            if os.getppid() != supervisor and not pipeline.shutting_down:
+                log.warning("the supervisor is gone: draining and stopping this member")
+                pipeline.request_shutdown()
+        return False
+
+    return share
 
 
 def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Settings, quiet_seconds: float,

@@ -17,7 +17,7 @@ OUTCOMES = Counter(f"{PREFIX}_outcomes", "Final outcome of each message read (st
 DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic", ["stage"])
 DLQ_TRUNCATED = Counter(f"{PREFIX}_dlq_truncated", "Dead letters too large for their topic, stored cut down", ["stage"])
 CONSUMER_LAG = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the partition's high watermark",
-                     ["topic", "partition"], multiprocess_mode="max")
+                     ["topic", "partition"], multiprocess_mode="livemax")
 
 HTTP_REQUESTS = Counter(f"{PREFIX}_http_requests", "Requests sent to Wigzo, by answer", ["status_class"])
 HTTP_DURATION = Histogram(f"{PREFIX}_http_request_duration_seconds", "Time from sending a request to Wigzo's answer",
@@ -27,8 +27,11 @@ IN_FLIGHT = Gauge(f"{PREFIX}_in_flight", "Requests to Wigzo on the wire", multip
 CONCURRENCY_LIMIT = Gauge(f"{PREFIX}_concurrency_limit", "Requests allowed in flight (lowered while throttled)",
                           multiprocess_mode="livesum")
 CIRCUIT_OPEN = Gauge(f"{PREFIX}_circuit_open", "1 while Wigzo is failing and delivery is paused",
-                     multiprocess_mode="max")
-AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", multiprocess_mode="max")
+                     multiprocess_mode="livemax")
+AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", multiprocess_mode="livemax")
+MISCONFIGURED = Gauge(f"{PREFIX}_misconfigured",
+                      "1 while every event fails the same permanent way and delivery is paused",
+                      multiprocess_mode="livemax")
 EVENT_TO_DELIVERY = Histogram(f"{PREFIX}_event_to_delivery_seconds",
                               "From the event's timestamp to Wigzo's 2xx",
                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))

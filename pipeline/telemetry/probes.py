@@ -20,8 +20,9 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
-from prometheus_client import make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 
+from pipeline.config import ConfigError
 from pipeline.telemetry import metrics  # noqa: F401 - registers the pipeline's metrics wherever probes are served
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class ProbeApp:
-    """The WSGI app; `last_poll` is the monotonic time the loop last polled, `readiness` lists why not ready."""
+    """The WSGI app; `last_poll` is the monotonic time the loop last polled, `readiness` lists why not ready;
+    `registry` is what /metrics serves (a supervisor's collects every worker process)."""
 
     def __init__(self, last_poll: Callable[[], float], readiness: Callable[[], list[str]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, registry: CollectorRegistry = REGISTRY) -> None:
         self._last_poll = last_poll
         self._readiness = readiness
         self._clock = clock
-        self._metrics = make_wsgi_app()
+        self._metrics = make_wsgi_app(registry)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -75,7 +77,11 @@ class ProbeServer:
     """Serves a ProbeApp from a daemon thread; port 0 picks a free port (tests)."""
 
     def __init__(self, app: ProbeApp, port: int, host: str = "0.0.0.0") -> None:
-        self._server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ConfigError(f"METRICS_PORT={port}: cannot listen on it ({exc.strerror}); choose a free port, "
+                              "or 0 to turn metrics and probes off") from None
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="probes", daemon=True)
 

@@ -1,0 +1,115 @@
+"""`run --workers N`: several members in one container, one metrics port for all, crashed members restarted,
+signals forwarded, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.dev.samples import SampleStream
+from tests.conftest import TopicFactory
+from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
+from tests.integration.pipeline_harness import (
+    everything_committed,
+    predicted_requests,
+    produce,
+    received_requests,
+    settings_for,
+)
+from tests.integration.test_operability import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--workers", "2", *args], cwd=ROOT,
+                            env={**os.environ, **env, "LOG_FORMAT": "text"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _members(supervisor: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(supervisor), "-f", "multiprocessing-fork"], capture_output=True,
+                           text=True, check=False)  # not multiprocessing's resource tracker
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _consumed_total(port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "wigzo_pipeline_messages_consumed" for sample in family.samples
+               if sample.name.endswith("_total"))
+
+
+def test_two_members_share_the_topic_and_one_port_reports_them_both(
+        kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox) -> None:
+    topic = make_topic(partitions=6)
+    samples = list(SampleStream(seed=41).messages(1500))
+    produce(kafka_bootstrap, topic, samples)
+    group, port = f"workers-{uuid.uuid4().hex[:8]}", _free_port()
+    sandbox.control.set_faults(latency_ms=20)  # slow enough for both members to take partitions
+    process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
+                      "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN,
+                      "METRICS_PORT": str(port)}, "--exit-when-idle", "3")
+    consumed = 0.0
+    try:
+        deadline = time.monotonic() + 120
+        while not everything_committed(kafka_bootstrap, group, topic, 6) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        consumed = _consumed_total(port)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    log = stderr.decode()
+    assert process.returncode == 0, log[-3000:]
+    assert log.count("pipeline.ops.run: stopped: read") == 2, "both members ran and stopped cleanly"
+    assert consumed >= len(samples), "one port sums what every member consumed"
+    settings = settings_for(kafka_bootstrap, topic, sandbox.url)
+    assert not predicted_requests(settings, topic, samples) - received_requests(sandbox.control.received())
+
+
+def test_a_killed_member_is_restarted_and_sigterm_drains_every_member(
+        kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox) -> None:
+    topic = make_topic(partitions=4)
+    samples = list(SampleStream(seed=43).messages(2000))
+    produce(kafka_bootstrap, topic, samples)
+    group = f"workers-{uuid.uuid4().hex[:8]}"
+    sandbox.control.set_faults(latency_ms=20)
+    process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
+                      "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN, "METRICS_PORT": "0"})
+    try:
+        deadline = time.monotonic() + 60
+        while sandbox.control.count() < 300 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        members = _members(process.pid)
+        assert len(members) == 2, members
+        os.kill(members[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (len(_members(process.pid)) < 2 or members[0] in _members(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_members(process.pid)) == 2, "the killed member was replaced"
+        deadline = time.monotonic() + 180
+        while not everything_committed(kafka_bootstrap, group, topic, 4) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    log = stderr.decode()
+    assert process.returncode == 0, log[-3000:]
+    assert "restarting it in" in log
+    assert everything_committed(kafka_bootstrap, group, topic, 4)
+    settings = settings_for(kafka_bootstrap, topic, sandbox.url)
+    assert not predicted_requests(settings, topic, samples) - received_requests(sandbox.control.received()), \
+        "nothing is lost across the crash"
