@@ -17,6 +17,7 @@ Credentials travel as `Secret` and every text that may echo one goes through `Sc
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -174,6 +175,15 @@ class Aborted:
 
 
 DeliveryResult = Delivered | DeliveryFailed | Aborted
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A delivery not finished yet: step it again after `seconds`, or as soon as `resumed` is set (delivery
+    paused for everyone and resumed). Whoever runs the steps waits without holding a thread."""
+
+    seconds: float
+    resumed: threading.Event | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,18 @@
 """Parallel delivery that keeps each key's tasks in submission order.
 
-Different users' events go out concurrently on a fixed set of worker threads; the events of one user
+Different users' events go out concurrently on a set of worker threads; the events of one user
 run one after another, in the order they were read. A key of None means "no ordering needed".
 
 Workers always take the oldest ready task (by submission order). The oldest unfinished message of a
 partition caps its commit position, so serving oldest-first keeps commits close behind deliveries
 and keeps what a crash repeats small; a plain FIFO pool lets one busy user's backlog hold it back.
+
+A task that is not finished returns `Later`: it runs again after that many seconds, or as soon as one
+of its wake events is set (a stop, delivery resuming). Its key stays held meanwhile, so the key's later
+tasks keep waiting behind it, but no thread waits for it: a timer thread puts it back among the ready
+tasks in its original place, and the workers serve other keys meanwhile. A task running for longer than
+`stall_after` (a request Wigzo leaves hanging) no longer takes a worker's place: while ready work waits,
+a spare thread starts for each such task, up to `workers` spares, and spares retire when not needed.
 """
 
 from __future__ import annotations
@@ -14,27 +21,65 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-Task = Callable[[], None]
-_STOP = object()
+WAKE_POLL = 0.05  # how often wake events are checked: a threading.Event cannot call anyone back
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A task's answer when it is not finished: run it again after `seconds`, or once one of `wake` is set."""
+
+    seconds: float
+    wake: tuple[threading.Event, ...] = ()
+
+
+Task = Callable[[], object]  # returns a Later when not finished
+
+
+@dataclass(eq=False, slots=True)
+class _Delayed:
+    sequence: int
+    key: Hashable | None
+    task: Task
+    wake: tuple[threading.Event, ...]
+    fired: bool = False  # back among the ready tasks (on time or woken); its timer entry is stale
 
 
 class OrderedExecutor:
-    def __init__(self, workers: int, name: str = "deliver") -> None:
+    def __init__(self, workers: int, name: str = "deliver", *, stall_after: float = 3.0) -> None:
+        """`stall_after` matches the Wigzo client's (DeliveryPolicy.stall_after): a request stalled that long
+        stops counting against the client's limit, and its thread stops counting as a worker here."""
+        self._name = name
+        self._workers = workers
+        self._stall_after = stall_after
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
+        self._timer_due = threading.Condition(self._lock)
         self._sequence = itertools.count()
-        self._ready: list[tuple[int, Hashable | None, Task | object]] = []  # heap by submission order
+        self._tickets = itertools.count()  # tie-breaks timer entries due at the same moment
+        self._spare_names = itertools.count()
+        self._ready: list[tuple[int, Hashable | None, Task]] = []  # heap by submission order
         self._waiting: dict[Hashable, deque[tuple[int, Task]]] = {}  # a key is present while it has a task out
+        self._delayed: list[tuple[float, int, _Delayed]] = []  # heap by due time
+        self._watched: dict[threading.Event, set[_Delayed]] = {}  # delayed tasks by the events that wake them
+        self._running: dict[threading.Thread, float] = {}  # busy threads: when their task started
+        self._threads: set[threading.Thread] = set()
+        self._idle_threads = 0
+        self._timer_unscheduled = False  # the timer waits to be told: nothing is delayed, watched or running
         self._unfinished = 0
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(workers)]
-        for thread in self._threads:
-            thread.start()
+        self._closing = False
+        with self._lock:
+            for n in range(workers):
+                self._start_thread(f"{name}-{n}")
+        self._timer = threading.Thread(target=self._keep_time, name=f"{name}-timer", daemon=True)
+        self._timer.start()
 
     def submit(self, key: Hashable | None, task: Task) -> None:
         with self._lock:
@@ -49,29 +94,63 @@ class OrderedExecutor:
             heapq.heappush(self._ready, (sequence, key, task))
             self._work_ready.notify()
 
+    def _start_thread(self, name: str) -> None:
+        thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
     def _work(self) -> None:
-        finished: Hashable | None = None
+        me = threading.current_thread()
+        ran: tuple[int, Hashable | None, Task, Later | None] | None = None
         while True:
             with self._lock:
-                if finished is not None:
-                    self._release_key(finished)
-                while not self._ready:
+                if ran is not None:
+                    del self._running[me]
+                    self._settle(*ran)
+                while True:
+                    spares = len(self._threads) - self._workers
+                    if self._closing or (spares > 0 and (
+                            not self._ready or spares > self._count_stalled(time.monotonic()))):
+                        self._threads.discard(me)
+                        return
+                    if self._ready:
+                        break
+                    self._idle_threads += 1
                     self._work_ready.wait()
-                _, key, task = heapq.heappop(self._ready)
-            if task is _STOP:
-                return
+                    self._idle_threads -= 1
+                sequence, key, task = heapq.heappop(self._ready)
+                self._running[me] = time.monotonic()
+                if self._timer_unscheduled:  # so it looks for a stall in time
+                    self._timer_unscheduled = False
+                    self._timer_due.notify()
+            later = None
             try:
-                task()  # type: ignore[operator]
+                if isinstance(answer := task(), Later):  # anything else (a lambda's value) means finished
+                    later = answer
             except Exception:  # a task reports its own outcome; reaching here is a bug, so keep the worker alive
                 log.exception("delivery task raised")
-            finished = key
-            if key is None:
-                with self._lock:
-                    self._task_done()
+            ran = (sequence, key, task, later)
+
+    def _settle(self, sequence: int, key: Hashable | None, task: Task, later: Later | None) -> None:
+        """After a run (lock held): release the key, or park the task until it is due. This worker takes the
+        oldest ready task itself next, so no other thread needs waking (a handoff per task costs more than
+        the task's bookkeeping)."""
+        if later is None:
+            if key is not None:
+                self._release_key(key)
+            else:
+                self._task_done()
+        elif later.seconds <= 0 or any(event.is_set() for event in later.wake):
+            heapq.heappush(self._ready, (sequence, key, task))
+        else:
+            entry = _Delayed(sequence, key, task, later.wake)
+            heapq.heappush(self._delayed, (time.monotonic() + later.seconds, next(self._tickets), entry))
+            for event in later.wake:
+                self._watched.setdefault(event, set()).add(entry)
+            self._timer_due.notify()
 
     def _release_key(self, key: Hashable) -> None:
-        """Make the key's next task ready; this worker picks up the oldest ready task itself, so no
-        other thread needs waking (a thread handoff per task costs more than the task's bookkeeping)."""
+        """Make the key's next task ready."""
         queue = self._waiting[key]
         if queue:
             sequence, following = queue.popleft()
@@ -85,12 +164,70 @@ class OrderedExecutor:
         if not self._unfinished:
             self._idle.notify_all()
 
+    # ---- the timer thread: delayed tasks back when due or woken, spares for stalled tasks -----------
+
+    def _keep_time(self) -> None:
+        with self._lock:
+            while not self._closing:
+                now = time.monotonic()
+                if fired := self._fire(now):
+                    self._work_ready.notify(fired)
+                self._add_spares(now)
+                tick = self._next_tick(now)
+                self._timer_unscheduled = tick is None
+                self._timer_due.wait(tick)
+
+    def _fire(self, now: float) -> int:
+        fired = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            fired += self._make_ready(heapq.heappop(self._delayed)[2])
+        for event in [event for event in self._watched if event.is_set()]:
+            for entry in list(self._watched.get(event, ())):
+                fired += self._make_ready(entry)
+        return fired
+
+    def _make_ready(self, entry: _Delayed) -> int:
+        if entry.fired:
+            return 0
+        entry.fired = True
+        for event in entry.wake:
+            watchers = self._watched[event]
+            watchers.discard(entry)
+            if not watchers:
+                del self._watched[event]
+        heapq.heappush(self._ready, (entry.sequence, entry.key, entry.task))
+        return 1
+
+    def _add_spares(self, now: float) -> None:
+        """While work waits and no thread is free, give each stalled task's thread a stand-in."""
+        if not self._ready or self._idle_threads:
+            return
+        wanted = min(self._count_stalled(now), self._workers) - (len(self._threads) - self._workers)
+        for _ in range(wanted):
+            self._start_thread(f"{self._name}-spare-{next(self._spare_names)}")
+
+    def _count_stalled(self, now: float) -> int:
+        return sum(1 for started in self._running.values() if now - started >= self._stall_after)
+
+    def _next_tick(self, now: float) -> float | None:
+        """Seconds until the timer has something to do; None: nothing until notified."""
+        while self._delayed and self._delayed[0][2].fired:
+            heapq.heappop(self._delayed)
+        ticks = [self._delayed[0][0] - now] if self._delayed else []
+        if self._watched:
+            ticks.append(WAKE_POLL)
+        if self._running:
+            until_stall = min(self._running.values()) + self._stall_after - now
+            ticks.append(until_stall if until_stall > 0 else self._stall_after / 4)
+        return min(ticks) if ticks else None
+
     def shutdown(self) -> None:
-        """Run every submitted task, then stop the workers."""
+        """Run every submitted task to its end (a delayed one when due or woken), then stop the threads."""
         with self._lock:
             self._idle.wait_for(lambda: not self._unfinished)
-            for _ in self._threads:
-                heapq.heappush(self._ready, (next(self._sequence), None, _STOP))
+            self._closing = True
             self._work_ready.notify_all()
-        for thread in self._threads:
+            self._timer_due.notify()
+            threads = [*self._threads, self._timer]
+        for thread in threads:
             thread.join()

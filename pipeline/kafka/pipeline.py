@@ -16,9 +16,10 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -26,12 +27,12 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from pipeline.contract.decoder import SchemaRegistryUnavailable
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.checkpoint import Checkpoint, PartitionKey
+from pipeline.kafka.executor import Later
 from pipeline.kafka.outcomes import OutcomeCounter
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import (
     Aborted,
     DeadLetter,
-    Deliver,
     Delivered,
     DeliveryFailed,
     DeliveryResult,
@@ -40,6 +41,7 @@ from pipeline.model import (
     PipelineError,
     Rejection,
     Skip,
+    Wait,
     WigzoRequest,
 )
 from pipeline.telemetry import metrics
@@ -57,8 +59,13 @@ class Decoder(Protocol):
     def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection: ...
 
 
+class RequestDelivery(Protocol):
+    def step(self, stop: threading.Event) -> DeliveryResult | Wait:
+        """At most one attempt: the final result, or how long to wait before the next step."""
+
+
 class DeliveryClient(Protocol):
-    def deliver(self, request: WigzoRequest, stop: threading.Event) -> DeliveryResult: ...
+    def delivery(self, request: WigzoRequest) -> RequestDelivery: ...
     def accepting_work(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -75,7 +82,7 @@ class DeadLetterSink(Protocol):
 
 
 class Executor(Protocol):
-    def submit(self, key: Hashable | None, task: Callable[[], None]) -> None: ...
+    def submit(self, key: Hashable | None, task: Callable[[], Later | None]) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -274,8 +281,8 @@ class Pipeline:
         else:
             state.in_executor += 1
             event_time = _epoch_seconds(event.get("timestamp"))
-            self.parts.executor.submit(self._ordering_key(record, event), lambda: self._completions.put(
-                Completion(state, record, offset, self._deliver(decision, state.stop), event_time)))
+            self.parts.executor.submit(self._ordering_key(record, event), partial(
+                self._deliver, _EventDelivery(state, record, offset, event_time, decision.requests)))
 
     def _decode(self, record: Message) -> dict[str, Any] | Rejection:
         """Decode, waiting out a Schema Registry outage (not the message's fault, so never a dead letter);
@@ -299,22 +306,30 @@ class Pipeline:
             return (record.topic(), record.partition())
         return None
 
-    def _deliver(self, decision: Deliver, stop: threading.Event) -> DeliveryResult:
-        """Worker thread: send the event's requests in order; the first that does not succeed decides."""
+    def _deliver(self, job: _EventDelivery) -> Later | None:
+        """Worker thread: one step of the event's delivery; its requests go in order, the first that does not
+        succeed decides. A wait (backoff, Retry-After, delivery paused) goes back to the executor, which keeps
+        the key held and runs the step again when due, or at once when the partition is stopped: no thread
+        sleeps through it. None once the result is queued for the polling thread."""
+        client, stop = self.parts.client, job.state.stop
         result: DeliveryResult = Aborted(attempts=0)
-        if stop.is_set():
-            return result
         try:
-            for request in decision.requests:
-                result = self.parts.client.deliver(request, stop)
+            while job.sent < len(job.requests) and (job.current is not None or not stop.is_set()):
+                job.current = job.current or client.delivery(job.requests[job.sent])
+                outcome = job.current.step(stop)
+                if isinstance(outcome, Wait):
+                    return Later(outcome.seconds, (stop,) if outcome.resumed is None else (stop, outcome.resumed))
+                job.current, result = None, outcome
                 if not isinstance(result, Delivered):
-                    return result
+                    break
+                job.sent += 1
         except Exception as exc:  # a bug in delivery must not lose the event: dead-letter it with the cause
             log.exception("delivery raised")
             now = self._wall_clock()
-            return DeliveryFailed(Rejection("delivery", "DeliveryCrashed", f"{type(exc).__name__}: {exc}"),
-                                  attempts=1, first_failure=now, last_failure=now, history=())
-        return result
+            result = DeliveryFailed(Rejection("delivery", "DeliveryCrashed", f"{type(exc).__name__}: {exc}"),
+                                    attempts=1, first_failure=now, last_failure=now, history=())
+        self._completions.put(Completion(job.state, job.record, job.offset, result, job.event_time))
+        return None
 
     def _first_failure(self, rejection: Rejection) -> DeadLetter:
         now = self._wall_clock()
@@ -464,11 +479,24 @@ def _epoch_seconds(timestamp: Any) -> float | None:
         return None
 
 
+@dataclass(eq=False)
+class _EventDelivery:
+    """One event between the worker steps of `Pipeline._deliver`: its requests, the one under way, and where
+    its result goes."""
+
+    state: PartitionState
+    record: Message
+    offset: int
+    event_time: float | None
+    requests: tuple[WigzoRequest, ...]
+    sent: int = 0                     # requests delivered so far
+    current: RequestDelivery | None = None   # the client's delivery of requests[sent], between steps
+
+
 def _forget_lag(key: PartitionKey) -> None:
-    try:
-        metrics.CONSUMER_LAG.remove(key[0], str(key[1]))
-    except KeyError:  # never reported
-        pass
+    """A released partition is no longer behind here (its new owner reports it); prometheus-client cannot
+    remove a label set across worker processes, so it reads 0 rather than disappearing."""
+    metrics.CONSUMER_LAG.labels(key[0], str(key[1])).set(0)
 
 
 def _partitions(keys: Iterable[PartitionKey]) -> list[TopicPartition]:

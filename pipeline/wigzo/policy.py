@@ -45,10 +45,18 @@ class DeliveryPolicy:
     circuit_failure_ratio: float = 0.75
     probe_base: float = 1.0
     probe_cap: float = 30.0
-    auth_probe_base: float = 5.0
-    auth_probe_cap: float = 60.0
+    # probes while the token is rejected or the configuration is wrong: an operator fixing it wants delivery
+    # back within seconds, and one request every 5 s costs Wigzo nothing
+    auth_probe_base: float = 1.0
+    auth_probe_cap: float = 5.0
     throttle_decrease: float = 0.5
-    throttle_cooldown: float = 1.0  # one burst of 429s halves the concurrency once, not thirty times
+    # the concurrency limit is lowered only when more than this share of a window of answers were 429s:
+    # a server shedding load at random answers a steady minority with 429, a rate limit we exceed most of them
+    throttle_window: int = 50
+    throttle_ratio: float = 0.35
+    # a request unanswered for this long (Wigzo hangs) stops counting against the concurrency limit, so
+    # requests hanging until their read timeout cannot hold delivery at zero once Wigzo answers again
+    stall_after: float = 3.0
     gate_poll: float = 0.1
 
     def classify_status(self, status: int) -> Verdict:
@@ -105,6 +113,43 @@ class Health(StrEnum):
     HEALTHY = "healthy"
     CIRCUIT_OPEN = "circuit_open"
     AUTH_FAILED = "auth_failed"
+    MISCONFIGURED = "misconfigured"  # every event fails the same permanent way: our settings, not the events
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How an attempt failed for good, as far as telling a broken configuration from bad events goes: the
+    status and the route it came from (a 404 at /rest/v1/learn/event), or a transport error's label
+    (InvalidURL) with no route, since the request never reached one."""
+
+    status: int | None
+    label: str
+    path: str = ""
+
+
+class FailureStreak:
+    """Counts, per kind of permanent failure, the distinct events that failed that way since the last delivery.
+
+    One event rejected is the event's fault; `threshold` events in a row rejected the same way with nothing
+    delivered in between is a configuration problem (a wrong base URL, a mapping Wigzo no longer accepts),
+    and dead-lettering the whole stream would only make work for the operator. Each event counts once: a
+    judged event is final unless the streak is already systemic, and then it is held, not judged.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+        self._counts: dict[Failure, int] = {}
+
+    def delivered(self) -> None:
+        self._counts.clear()
+
+    def failed(self, failure: Failure) -> bool:
+        """Count one more event failing this way; True when that makes it systemic."""
+        count = self._counts[failure] = self._counts.get(failure, 0) + 1
+        return count >= self._threshold
+
+    def systemic(self, failure: Failure) -> bool:
+        return self._counts.get(failure, 0) >= self._threshold
 
 
 class PermitKind(StrEnum):
@@ -126,16 +171,23 @@ class Transition:
 
 
 class CircuitBreaker:
-    """Holds all work back while Wigzo is down or rejects our token, letting one probe through at a time.
+    """Holds all work back while Wigzo is down, rejects our token or is sent to wrongly, letting one probe
+    through at a time.
 
     Only answers to requests sent after the current state began move it: a stale 503 from before a
-    recovery must not reopen the circuit, and a stale 200 must not end an auth failure.
+    recovery must not reopen the circuit, and a stale 200 must not end an auth failure. Nor does the timeout
+    of a request that hung (unanswered past `stall_after`) from before a later request was served: when
+    Wigzo recovers from hanging, the requests it left hanging all time out together, and they are old news.
+    A probe unanswered after `stall_after` counts as failed, so a hanging probe delays the next one by
+    seconds, not by the read timeout. `misconfigured` ends only with a delivery: another permanent failure
+    proves nothing.
     """
 
-    def __init__(self, policy: DeliveryPolicy, rng: random.Random) -> None:
+    def __init__(self, policy: DeliveryPolicy, rng: random.Random, systemic_threshold: int) -> None:
         self._policy = policy
         self._rng = rng
         self._window: deque[bool] = deque(maxlen=policy.circuit_window)  # True = failed
+        self.streak = FailureStreak(systemic_threshold)
         self.state = Health.HEALTHY
         self._state_since = -math.inf
         self._unhealthy_since = 0.0
@@ -143,16 +195,22 @@ class CircuitBreaker:
         self._probe_delay = 0.0
         self._next_probe_at = 0.0
         self._probe_in_flight = False
+        self._probe_sent_at = 0.0
         self.served = 0  # answers that prove Wigzo works (delivered or judged the event)
+        self._served_sent_at = -math.inf  # when the latest request so answered was sent
         self.last_failure = ""
 
     def permit(self, now: float) -> Permit:
         if self.state is Health.HEALTHY:
             return Permit(PermitKind.SEND)
         if self._probe_in_flight:
-            return Permit(PermitKind.WAIT, self._policy.gate_poll)
+            if now - self._probe_sent_at < self._policy.stall_after:
+                return Permit(PermitKind.WAIT, self._probe_sent_at + self._policy.stall_after - now)
+            self._probe_in_flight = False  # the probe hangs: as good as failed
+            self._schedule_probe(now, grow=True)
         if now >= self._next_probe_at:
             self._probe_in_flight = True
+            self._probe_sent_at = now
             return Permit(PermitKind.PROBE)
         return Permit(PermitKind.WAIT, self._next_probe_at - now)
 
@@ -160,15 +218,23 @@ class CircuitBreaker:
         """The probing caller gave up before sending: let another waiter probe."""
         self._probe_in_flight = False
 
-    def record(self, verdict: Verdict, sent_at: float, now: float, probe: bool, label: str = "") -> Transition | None:
+    def record(self, verdict: Verdict, sent_at: float, now: float, probe: bool, label: str = "",
+               failure: Failure | None = None) -> Transition | None:
+        """`failure` describes a PERMANENT verdict, for the streak that tells configuration from bad events."""
         if probe:
             self._probe_in_flight = False
-        if verdict in (Verdict.DELIVERED, Verdict.PERMANENT):
+        if verdict is Verdict.DELIVERED:
+            self.streak.delivered()
+        systemic = verdict is Verdict.PERMANENT and failure is not None and self.streak.failed(failure)
+        if verdict is Verdict.DELIVERED or (verdict is Verdict.PERMANENT and not systemic):
             self.served += 1
+            self._served_sent_at = max(self._served_sent_at, sent_at)
+        if systemic and self.state is not Health.MISCONFIGURED:
+            return self._enter(Health.MISCONFIGURED, now)  # even from a stale answer: it completes the streak
         if sent_at < self._state_since:
             return None
         before = self.state
-        if verdict in (Verdict.DELIVERED, Verdict.PERMANENT):
+        if verdict is Verdict.DELIVERED or (verdict is Verdict.PERMANENT and before is not Health.MISCONFIGURED):
             if before is Health.HEALTHY:
                 self._window.append(False)
                 return None
@@ -179,14 +245,16 @@ class CircuitBreaker:
             if probe:
                 self._schedule_probe(now, grow=True)
             return None
-        if verdict is Verdict.THROTTLED:
+        if verdict in (Verdict.THROTTLED, Verdict.PERMANENT):  # PERMANENT here: misconfigured, probe refused
             if before is Health.CIRCUIT_OPEN:  # Wigzo answers again, if slowly
                 return self._enter(Health.HEALTHY, now)
-            if before is Health.AUTH_FAILED and probe:
+            if before is not Health.HEALTHY and probe:
                 self._schedule_probe(now, grow=True)
             return None
         self.last_failure = label
         if before is Health.HEALTHY:
+            if now - sent_at >= self._policy.stall_after and sent_at < self._served_sent_at:
+                return None  # it hung from before Wigzo served a later request: old news, not an outage
             self._window.append(True)
             failures = sum(self._window)
             if (len(self._window) >= self._policy.circuit_min_calls
@@ -196,11 +264,16 @@ class CircuitBreaker:
             self._schedule_probe(now, grow=True)
         return None
 
+    def holds(self, verdict: Verdict, failure: Failure | None) -> bool:
+        """Whether a permanent failure is the configuration's, not the event's: the event waits, not dead-lettered."""
+        return verdict is Verdict.PERMANENT and failure is not None and self.streak.systemic(failure)
+
     def failures_in_window(self) -> tuple[int, int]:
         return sum(self._window), len(self._window)
 
     def unhealthy_seconds(self, now: float) -> float:
-        """Total time spent with the circuit open or the token rejected: retry budgets do not spend it."""
+        """Total time spent with delivery paused (circuit open, token rejected, misconfigured): retry budgets
+        do not spend it."""
         ongoing = now - self._unhealthy_since if self.state is not Health.HEALTHY else 0.0
         return self._unhealthy_total + ongoing
 
@@ -219,7 +292,7 @@ class CircuitBreaker:
         return Transition(before, state)
 
     def _schedule_probe(self, now: float, grow: bool) -> None:
-        if self.state is Health.AUTH_FAILED:
+        if self.state in (Health.AUTH_FAILED, Health.MISCONFIGURED):  # waiting for an operator, not for Wigzo
             base, cap = self._policy.auth_probe_base, self._policy.auth_probe_cap
         else:
             base, cap = self._policy.probe_base, self._policy.probe_cap
@@ -229,13 +302,24 @@ class CircuitBreaker:
 
 
 class ConcurrencyLimit:
-    """Additive-increase / multiplicative-decrease limit on requests in flight, driven by 429s."""
+    """Additive-increase / multiplicative-decrease limit on requests in flight, driven by 429s and stalls.
+
+    Scattered 429s do not lower it: each throttled request already waits out its own Retry-After, and
+    halving the whole client for every stray 429 starved it (10% random 429s cut 1,478 events/s to 151).
+    It is lowered when throttling is systematic: at least `throttle_ratio` of a window of `throttle_window`
+    answers were 429s, counting only answers to requests sent since the last decrease (an answer to a
+    request sent before it says nothing about the lowered rate). A request stalled past `stall_after` also
+    lowers it, at most once per `stall_after`: stalled requests no longer count against the limit, and
+    halving is what keeps those hanging requests to about twice the maximum in all.
+    """
 
     def __init__(self, policy: DeliveryPolicy, maximum: int) -> None:
         self._policy = policy
         self.maximum = maximum
         self._limit = float(maximum)
         self._last_decrease = -math.inf
+        self._answers = 0
+        self._throttled = 0
 
     @property
     def allowed(self) -> int:
@@ -245,16 +329,31 @@ class ConcurrencyLimit:
     def throttled(self) -> bool:
         return self._limit < self.maximum
 
-    def on_throttled(self, now: float) -> bool:
-        """Halve the limit, at most once per cooldown; True when it changed."""
-        if now - self._last_decrease < self._policy.throttle_cooldown:
+    def on_answer(self, throttled: bool, sent_at: float, now: float) -> bool:
+        """Count one answer; True when a window full of 429s lowered the limit."""
+        if sent_at < self._last_decrease:
             return False
-        self._last_decrease = now
-        self._limit = max(1.0, self._limit * self._policy.throttle_decrease)
-        return True
+        self._answers += 1
+        self._throttled += throttled
+        if self._answers < self._policy.throttle_window:
+            return False
+        systematic = self._throttled >= self._policy.throttle_ratio * self._answers
+        self._answers = self._throttled = 0
+        return systematic and self._decrease(now)
+
+    def on_stall(self, now: float) -> bool:
+        """A request stalled; True when that lowered the limit."""
+        return now - self._last_decrease >= self._policy.stall_after and self._decrease(now)
 
     def on_success(self) -> None:
         self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+
+    def _decrease(self, now: float) -> bool:
+        self._last_decrease = now
+        self._answers = self._throttled = 0
+        before = self.allowed
+        self._limit = max(1.0, self._limit * self._policy.throttle_decrease)
+        return self.allowed != before
 
 
 @dataclass(slots=True)
@@ -262,8 +361,8 @@ class RetryBudget:
     """What one event may spend on retries while Wigzo serves other events.
 
     A failure counts only if some other request was served since this event's previous attempt
-    (otherwise Wigzo is down, not the event at fault), and time counts only while the circuit is
-    closed. So an outage of any length spends nothing.
+    (otherwise Wigzo is down, not the event at fault), and time counts only while delivery is not
+    paused. So an outage of any length spends nothing.
     """
 
     max_attempts: int

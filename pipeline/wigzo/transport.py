@@ -80,8 +80,10 @@ class RequestsTransport:
 
     def __init__(self, pool_size: int, ca_bundle: str | None = None) -> None:
         session = requests.Session()
-        # requests' default pool keeps 10 connections per host and discards the rest after each use
-        adapter = HTTPAdapter(pool_maxsize=pool_size, max_retries=0)
+        # requests' default pool keeps 10 connections per host and discards the rest after each use. Not
+        # blocking: a request beyond pool_size (the client lets more out while some hang) opens a connection
+        # of its own at once instead of waiting for a pooled one; the pool keeps pool_size of them afterwards.
+        adapter = HTTPAdapter(pool_maxsize=pool_size, pool_block=False, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.verify = ca_bundle or True

@@ -1,5 +1,6 @@
 """WigzoClient against the sandbox over real HTTP: every row of the classifier, Retry-After, the circuit,
-a 401 phase, bounded timeouts, pooling, and a 60-second outage that dead-letters nothing."""
+a 401 phase, bounded timeouts, pooling, a 60-second outage that dead-letters nothing, a broken configuration
+held instead of dead-lettered and resumed by itself, and requests left hanging that do not stop delivery."""
 
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def test_timeouts_bound_every_attempt_while_wigzo_hangs(sandbox: Sandbox, make_c
 
 def test_429_waits_at_least_retry_after_and_slows_the_whole_client(sandbox: Sandbox, make_client: Any) -> None:
     sandbox.control.set_faults(fail_first_attempts=1, fail_with="429", retry_after_s=1)
-    client = make_client(max_in_flight=4)
+    # a throttling window of one answer: this 429 is systematic, not scattered (those lower nothing)
+    client = make_client(policy=replace(FAST, throttle_window=1), max_in_flight=4)
     assert client.deliver(identify("k"), threading.Event()) == Delivered(200, 2)
     first, second = sandbox.control.attempts()
     assert (first["outcome"], second["outcome"]) == (429, 200)
@@ -340,3 +342,76 @@ def test_a_60_second_outage_dead_letters_nothing_and_delivers_every_event_after(
     assert max(outage) - min(outage) >= 55.0  # the outage really lasted (probes kept finding it down)
     assert len(outage) < 200  # probes, not a storm of retries
     assert client.state == "healthy"
+
+
+def track(key: str, name: str, user: str = "u1") -> WigzoRequest:
+    return WigzoRequest("POST", "/rest/v1/learn/event", (("org_token", SANDBOX_ORG_TOKEN),),
+                        {"eventName": name, "eventval": {}, "eventCategory": "EXTERNAL", "userId": user},
+                        (("Idempotency-Key", key),))
+
+
+def test_a_wrong_base_url_dead_letters_at_most_the_threshold_and_holds_the_rest(
+        sandbox: Sandbox, make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Every route under the wrong path answers 404: configuration, not 30 bad events."""
+    client = make_client(url=sandbox.url + "/wrong", systemic_failure_threshold=5)
+    stop = threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.deliver, identify(f"k{n}", f"user{n}"), stop) for n in range(30)]
+        wait_for(lambda: client.state == "misconfigured")
+        assert not client.accepting_work()
+        time.sleep(1.0)  # several probes, all refused the same way: still nothing more dead-lettered
+        assert sum(isinstance(f.result(), DeliveryFailed) for f in futures if f.done()) <= 5
+        stop.set()
+        results = [f.result(timeout=10) for f in futures]
+    failed = [r for r in results if isinstance(r, DeliveryFailed)]
+    assert 1 <= len(failed) <= 5 and all(r.rejection.http_status == 404 for r in failed)
+    assert all(isinstance(r, Aborted) for r in results if not isinstance(r, DeliveryFailed))
+    assert "answered 404 at /rest/v1/learn/identify" in client.problem
+    assert f"WIGZO_BASE_URL looks wrong ({sandbox.url}/wrong)" in client.problem
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [client.problem]
+
+
+def test_events_held_while_every_event_is_refused_are_delivered_once_wigzo_accepts_them_again(
+        sandbox: Sandbox, make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A rule refusing every event (400) is switched on, then off: no operator action in between."""
+    names = ("signup", "login")
+    sandbox.control.set_faults(reject_event_names=list(names))
+    client = make_client(systemic_failure_threshold=5)
+    stop = threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.deliver, track(f"k{n}", names[n % 2], f"user{n}"), stop) for n in range(30)]
+        wait_for(lambda: client.state == "misconfigured")
+        time.sleep(1.0)  # probes refused meanwhile
+        assert "Wigzo refuses every event the same way" in client.problem
+        sandbox.control.set_faults(reject_event_names=[])
+        results = [f.result(timeout=15) for f in futures]
+    failed = [r for r in results if isinstance(r, DeliveryFailed)]
+    delivered = [r for r in results if isinstance(r, Delivered)]
+    assert len(failed) <= 5 and len(failed) + len(delivered) == 30
+    assert all(r.rejection.http_status == 400 and "strict rule" in r.rejection.reason for r in failed)
+    assert sandbox.control.count() == len(delivered) and sandbox.control.duplicates() == {}
+    assert client.state == "healthy" and client.problem == "" and client.accepting_work()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [level for level, _ in messages] == ["ERROR", "INFO"]
+    assert "answered 400 at /rest/v1/learn/event" in messages[0][1]
+    assert messages[1][1] == "Wigzo accepts events again: delivery resumed"
+
+
+def test_requests_left_hanging_do_not_hold_delivery_at_zero_once_wigzo_answers(
+        sandbox: Sandbox, make_client: Any) -> None:
+    """The first 4 requests hang until the 5 s read timeout; after stall_after they no longer count against the
+    limit of 4, so the next requests go out and are delivered while those still hang."""
+    sandbox.control.set_faults(fail_first_attempts=1, fail_with="hang")
+    client = make_client(policy=replace(FAST, stall_after=0.5), max_in_flight=4, read_timeout=5.0)
+    stop = threading.Event()
+    with ThreadPoolExecutor(4 + 4) as pool:  # the spare threads the executor would start for stalled tasks
+        hanging = [pool.submit(client.deliver, identify(f"h{n}", f"user{n}"), stop) for n in range(4)]
+        wait_for(lambda: len(sandbox.control.attempts()) == 4)
+        sandbox.control.set_faults(fail_first_attempts=0)  # Wigzo answers again
+        started = time.monotonic()
+        assert client.deliver(identify("fresh", "someone"), stop) == Delivered(200, 1)
+        waited = time.monotonic() - started
+        assert not any(f.done() for f in hanging)  # still hanging: the read timeout is 5 s
+        stop.set()
+    assert waited < 5.0  # delivered while the first requests still hung, not after their read timeout

@@ -249,6 +249,16 @@ def map_event(event: dict[str, Any]) -> MappingDecision:
     return Deliver((WigzoRequest("POST", "/learn/event", (("token", "t"),), {"id": event["id"]}),))
 
 
+class BlockingDelivery:
+    """The whole delivery in one step, blocking as FakeClient.deliver does."""
+
+    def __init__(self, client: FakeClient, request: WigzoRequest) -> None:
+        self._client, self._request = client, request
+
+    def step(self, stop: threading.Event) -> DeliveryResult:
+        return self._client.deliver(self._request, stop)
+
+
 class FakeClient:
     """Delivers instantly unless the request's event is held: then `deliver` blocks until released (or until
     `stop` is set, answering Aborted as the real client does). `results` overrides what a delivery returns."""
@@ -291,6 +301,9 @@ class FakeClient:
             with self._lock:
                 self.delivered.append(id_)
         return result
+
+    def delivery(self, request: WigzoRequest) -> BlockingDelivery:
+        return BlockingDelivery(self, request)
 
     def accepting_work(self) -> bool:
         return self.accepting

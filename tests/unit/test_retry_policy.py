@@ -14,6 +14,7 @@ from pipeline.wigzo.policy import (
     CircuitBreaker,
     ConcurrencyLimit,
     DeliveryPolicy,
+    Failure,
     Health,
     PermitKind,
     RetryBudget,
@@ -108,8 +109,8 @@ FAST = DeliveryPolicy(circuit_window=10, circuit_min_calls=4, circuit_failure_ra
                       probe_base=1.0, probe_cap=8.0, auth_probe_base=5.0, auth_probe_cap=20.0)
 
 
-def breaker() -> CircuitBreaker:
-    return CircuitBreaker(FAST, random.Random(0))
+def breaker(systemic_threshold: int = 3) -> CircuitBreaker:
+    return CircuitBreaker(FAST, random.Random(0), systemic_threshold)
 
 
 def fail(b: CircuitBreaker, now: float, n: int = 1, probe: bool = False) -> Transition | None:
@@ -245,14 +246,162 @@ def test_served_counts_every_answer_that_proves_wigzo_works() -> None:
     assert b.served == 2
 
 
-def test_concurrency_halves_on_429_at_most_once_per_cooldown_and_recovers_additively() -> None:
-    limit = ConcurrencyLimit(DeliveryPolicy(throttle_cooldown=1.0), maximum=32)
-    assert limit.allowed == 32 and not limit.throttled
-    assert limit.on_throttled(10.0)
-    assert not limit.on_throttled(10.5)
+def test_auth_probes_are_capped_near_five_seconds_by_default() -> None:
+    """An operator fixing the token gets delivery back within seconds (it used to back off to 60 s)."""
+    b = CircuitBreaker(DeliveryPolicy(), random.Random(0), systemic_threshold=10)
+    b.record(Verdict.AUTH, 0.0, 0.0, probe=False)
+    now, waits = 0.0, []
+    for _ in range(8):
+        permit = b.permit(now)
+        assert permit.kind is PermitKind.WAIT
+        waits.append(permit.wait)
+        now += permit.wait
+        assert b.permit(now).kind is PermitKind.PROBE
+        b.record(Verdict.AUTH, now, now, probe=True)
+    assert waits[0] <= 1.2 and waits[1] > waits[0]  # quick at first, then backing off...
+    assert max(waits) <= 5.0 * 1.2 and waits[-1] >= 5.0  # ...to about 5 s, no further
+
+
+def test_a_hanging_probe_counts_as_failed_after_stall_after() -> None:
+    """A probe Wigzo leaves hanging must not hold the next one back until its read timeout."""
+    b = CircuitBreaker(DeliveryPolicy(probe_base=1.0, stall_after=3.0), random.Random(0), systemic_threshold=10)
+    for _ in range(10):
+        b.record(Verdict.RETRY, 0.0, 0.0, probe=False)
+    assert b.state is Health.CIRCUIT_OPEN
+    assert b.permit(2.0).kind is PermitKind.PROBE
+    permit = b.permit(3.0)
+    assert permit.kind is PermitKind.WAIT and permit.wait == pytest.approx(2.0)  # until the probe stalls
+    permit = b.permit(5.0)  # stalled: failed, and the next probe follows the backoff
+    assert permit.kind is PermitKind.WAIT and 2.0 <= permit.wait <= 2.4
+    assert b.permit(5.0 + permit.wait).kind is PermitKind.PROBE
+    # the hanging probe's own answer arriving at last still counts: Wigzo answers again
+    assert b.record(Verdict.DELIVERED, 2.0, 16.0, probe=True) == Transition(Health.CIRCUIT_OPEN, Health.HEALTHY)
+
+
+def test_timeouts_of_requests_left_hanging_before_a_later_success_do_not_open_the_circuit() -> None:
+    """Wigzo hung, then answered again: the requests it left hanging time out together, seconds later."""
+    b = CircuitBreaker(DeliveryPolicy(stall_after=3.0), random.Random(0), systemic_threshold=10)
+    b.record(Verdict.DELIVERED, sent_at=10.0, now=10.01, probe=False)  # sent after the hanging ones
+    for _ in range(20):
+        assert b.record(Verdict.RETRY, sent_at=1.0, now=16.0, probe=False, label="ReadTimeout") is None
+    assert b.state is Health.HEALTHY and b.failures_in_window() == (0, 1)
+    # quick failures of requests sent before that success still count: a partial outage opens the circuit
+    for _ in range(20):
+        b.record(Verdict.RETRY, sent_at=9.9, now=10.2, probe=False, label="503")
+    assert b.state is Health.CIRCUIT_OPEN
+
+
+NOT_FOUND = Failure(404, "404", "/rest/v1/learn/event")
+
+
+def test_the_same_permanent_failure_for_threshold_events_is_a_configuration_problem() -> None:
+    b = breaker(systemic_threshold=3)
+    for _ in range(2):
+        assert b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, label="404", failure=NOT_FOUND) is None
+        assert not b.holds(Verdict.PERMANENT, NOT_FOUND)  # these two are dead-lettered
+    assert b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, label="404", failure=NOT_FOUND) == Transition(
+        Health.HEALTHY, Health.MISCONFIGURED)
+    assert b.holds(Verdict.PERMANENT, NOT_FOUND)  # the third, and every one after it, waits instead
+    # answers to requests already on the wire arrive: held, no second transition
+    assert b.record(Verdict.PERMANENT, 0.5, 1.1, probe=False, label="404", failure=NOT_FOUND) is None
+    assert b.holds(Verdict.PERMANENT, NOT_FOUND)
+    permit = b.permit(1.1)
+    assert permit.kind is PermitKind.WAIT and permit.wait <= FAST.auth_probe_base * 1.2
+
+
+def test_a_delivery_between_failures_restarts_the_count_and_other_failures_count_apart() -> None:
+    b = breaker(systemic_threshold=3)
+    other_route = Failure(404, "404", "/rest/v1/learn/identify")
+    invalid_url = Failure(None, "InvalidURL")
+    for failure in (NOT_FOUND, NOT_FOUND, other_route, other_route, invalid_url, invalid_url):
+        b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, failure=failure)
+    b.record(Verdict.RETRY, 1.0, 1.0, probe=False)  # a 503 is not a success: the counts stand
+    b.record(Verdict.DELIVERED, 1.0, 1.0, probe=False)
+    for failure in (NOT_FOUND, NOT_FOUND, other_route, other_route, invalid_url, invalid_url):
+        b.record(Verdict.PERMANENT, 2.0, 2.0, probe=False, failure=failure)
+    assert b.state is Health.HEALTHY
+    assert b.record(Verdict.PERMANENT, 2.0, 2.0, probe=False, failure=invalid_url) == Transition(
+        Health.HEALTHY, Health.MISCONFIGURED)
+    assert b.holds(Verdict.PERMANENT, invalid_url) and not b.holds(Verdict.PERMANENT, NOT_FOUND)
+
+
+def test_misconfigured_ends_only_when_a_probe_is_delivered() -> None:
+    b = breaker(systemic_threshold=2)
+    b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, failure=NOT_FOUND)
+    b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, failure=NOT_FOUND)
+    assert b.state is Health.MISCONFIGURED
+    served = b.served
+    now = 10.0
+    for verdict, failure in [(Verdict.PERMANENT, NOT_FOUND), (Verdict.RETRY, None), (Verdict.THROTTLED, None),
+                             (Verdict.PERMANENT, Failure(400, "400", "/rest/v1/learn/event"))]:
+        assert b.permit(now).kind is PermitKind.PROBE
+        assert b.record(verdict, now, now, probe=True, failure=failure) is None, verdict
+        assert b.state is Health.MISCONFIGURED
+        now += 30.0  # past FAST's longest probe delay (20 s, +20%)
+    assert b.served == served + 1  # held answers prove nothing; the other failure's event was judged
+    assert b.permit(now).kind is PermitKind.PROBE
+    assert b.record(Verdict.DELIVERED, now, now, probe=True) == Transition(Health.MISCONFIGURED, Health.HEALTHY)
+    assert not b.holds(Verdict.PERMANENT, NOT_FOUND)  # a delivery restarts the count
+    assert b.unhealthy_seconds(now) == now - 1.0
+
+
+def test_a_rejected_token_overrides_misconfigured() -> None:
+    b = breaker(systemic_threshold=1)
+    b.record(Verdict.PERMANENT, 1.0, 1.0, probe=False, failure=NOT_FOUND)
+    assert b.permit(8.0).kind is PermitKind.PROBE
+    assert b.record(Verdict.AUTH, 8.0, 8.1, probe=True) == Transition(Health.MISCONFIGURED, Health.AUTH_FAILED)
+
+
+def answers(limit: ConcurrencyLimit, rng: random.Random, share_429: float, count: int, sent_at: float,
+            now: float) -> int:
+    """Feed `count` answers, each a 429 with probability `share_429`; how many times the limit was lowered."""
+    lowered = 0
+    for _ in range(count):
+        throttled = rng.random() < share_429
+        lowered += limit.on_answer(throttled, sent_at, now)
+        if not throttled:
+            limit.on_success()
+    return lowered
+
+
+def test_scattered_429s_never_lower_the_limit() -> None:
+    """Each throttled request waits out its own Retry-After; halving the client for stray 429s starved it."""
+    limit = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
+    assert answers(limit, random.Random(1), 0.10, 20_000, sent_at=0.0, now=1.0) == 0
+    assert limit.allowed == 64 and not limit.throttled
+
+
+def test_a_window_mostly_answered_429_halves_the_limit_once() -> None:
+    policy = DeliveryPolicy(throttle_window=10, throttle_ratio=0.35, throttle_decrease=0.5)
+    limit = ConcurrencyLimit(policy, maximum=32)
+    for _ in range(9):
+        assert not limit.on_answer(True, sent_at=1.0, now=1.0)
+    assert limit.on_answer(False, sent_at=1.0, now=2.0)  # 9 of 10: the window is full and throttled
     assert limit.allowed == 16 and limit.throttled
-    for now in (11.0, 12.0, 13.0, 14.0, 15.0, 16.0):
-        limit.on_throttled(now)
+    # answers to requests sent before the decrease reflect the old rate: they cannot lower it again
+    for _ in range(30):
+        assert not limit.on_answer(True, sent_at=1.5, now=2.5)
+    assert limit.allowed == 16
+    for _ in range(9):
+        limit.on_answer(True, sent_at=3.0, now=3.0)
+    assert limit.on_answer(True, sent_at=3.0, now=3.0)
+    assert limit.allowed == 8
+
+
+def test_a_window_below_the_ratio_lowers_nothing() -> None:
+    limit = ConcurrencyLimit(DeliveryPolicy(throttle_window=20, throttle_ratio=0.35), maximum=32)
+    for n in range(20):
+        assert not limit.on_answer(n < 6, sent_at=1.0, now=1.0)  # 6 of 20 = 30%
+    assert limit.allowed == 32
+    for n in range(20):
+        limit.on_answer(n < 7, sent_at=1.0, now=1.0)  # 7 of 20 = 35%
+    assert limit.allowed == 16
+
+
+def test_the_limit_floors_at_one_and_recovers_additively() -> None:
+    limit = ConcurrencyLimit(DeliveryPolicy(throttle_window=1, throttle_ratio=0.5), maximum=32)
+    for now in range(1, 10):
+        limit.on_answer(True, sent_at=float(now), now=float(now))
     assert limit.allowed == 1
     successes = 0
     while limit.throttled:
@@ -260,6 +409,30 @@ def test_concurrency_halves_on_429_at_most_once_per_cooldown_and_recovers_additi
         successes += 1
     assert limit.allowed == 32
     assert 400 < successes < 600  # about 1 + 2 + ... + 31: one step per window of successes
+
+
+def test_a_stall_lowers_the_limit_at_most_once_per_stall_after() -> None:
+    """Stalled requests stop counting against the limit; halving is what keeps them to about 2x the maximum."""
+    limit = ConcurrencyLimit(DeliveryPolicy(stall_after=3.0), maximum=64)
+    assert limit.on_stall(10.0) and limit.allowed == 32
+    assert not limit.on_stall(12.9)
+    assert limit.on_stall(13.0) and limit.allowed == 16
+    hanging, now = 64 + 32, 13.0  # what could be left hanging so far
+    while limit.allowed > 1:
+        now += 3.0
+        hanging += limit.allowed
+        limit.on_stall(now)
+    assert hanging < 2 * 64
+
+
+def test_the_default_throttle_rule_separates_random_429s_from_a_rate_limit() -> None:
+    """With the defaults, 20% random 429s (a server shedding load) rarely lower the limit; 60% (a rate limit
+    we exceed 2.5 times over) lower it within a window or two."""
+    rng = random.Random(3)
+    random_shedding = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
+    assert answers(random_shedding, rng, 0.20, 5_000, sent_at=0.0, now=1.0) <= 1
+    over_the_limit = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
+    assert answers(over_the_limit, rng, 0.60, 2 * DeliveryPolicy().throttle_window, sent_at=0.0, now=1.0) == 1
 
 
 def test_the_budget_is_spent_only_by_failures_while_others_are_served() -> None:

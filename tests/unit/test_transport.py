@@ -19,7 +19,13 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from pipeline.wigzo.policy import Verdict, classify_exception
-from pipeline.wigzo.transport import USER_AGENT, RequestsTransport, Response, TransportError, as_transport_error
+from pipeline.wigzo.transport import (
+    USER_AGENT,
+    RequestsTransport,
+    Response,
+    TransportError,
+    as_transport_error,
+)
 
 URL = "https://wigzo.test/rest/v1/learn/event"
 QUERY = (("token", "api"), ("org_token", "org"))
@@ -204,3 +210,11 @@ def test_a_header_requests_cannot_send_is_a_permanent_error_and_is_never_sent() 
         send(transport, **{"Idempotency-Key": "msg-1\r\nX-Injected: 1"})
     assert raised.value.label == "InvalidHeader" and not raised.value.transient
     assert "header value" in raised.value.message and adapter.sent == []
+
+
+def test_a_request_beyond_the_pool_opens_a_connection_of_its_own_at_once() -> None:
+    """Requests left hanging stop counting against the client's limit, so more than pool_size can be on the
+    wire: the pool must hand each one beyond its size a new connection instead of blocking the sender."""
+    pool = RequestsTransport(2)._session.get_adapter(URL).poolmanager.connection_from_url(URL)
+    connections = [pool._get_conn(timeout=0) for _ in range(3)]  # not connected yet: no network needed
+    assert len({id(connection) for connection in connections}) == 3

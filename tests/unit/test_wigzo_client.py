@@ -11,9 +11,17 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.config import ConfigError, Settings
-from pipeline.model import Aborted, Delivered, DeliveryFailed, Secret, WigzoRequest
+from pipeline.model import (
+    Aborted,
+    Delivered,
+    DeliveryFailed,
+    Secret,
+    Wait,
+    WigzoRequest,
+)
 from pipeline.wigzo.client import USER_AGENT, WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy, backoff_delay
 from pipeline.wigzo.transport import RequestsTransport, Response, TransportError
@@ -81,13 +89,14 @@ class RecordingStop(threading.Event):
         return self.is_set()
 
 
-def test_the_session_pools_as_many_connections_as_requests_in_flight() -> None:
+def test_the_session_pools_a_connection_for_every_request_that_can_be_on_the_wire() -> None:
+    """max_in_flight (48 here), and as many again for requests left hanging, which stop counting against it."""
     client = WigzoClient(SETTINGS)
     assert isinstance(client._transport, RequestsTransport)
     session = client._transport._session
     for prefix in ("https://", "http://"):
         adapter = session.get_adapter(prefix + "wigzo.test")
-        assert adapter._pool_maxsize == 48  # type: ignore[attr-defined]
+        assert adapter._pool_maxsize == 96  # type: ignore[attr-defined]
         assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
     assert session.verify is True
     assert session.headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
@@ -235,3 +244,200 @@ def test_a_rejected_token_holds_the_event_at_the_gate_without_backing_off(caplog
     assert 2.0 <= sum(stop.waits) <= 2.0 * 1.2 + 0.1
     assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]
     assert "accepts the token again" in caplog.records[1].getMessage()
+
+
+def keyed(key: str, path: str = "/rest/v1/learn/event") -> WigzoRequest:
+    return WigzoRequest("POST", path, (("org_token", ORG),), {"eventName": "x"}, (("Idempotency-Key", key),))
+
+
+def test_a_step_makes_one_attempt_and_says_how_long_to_wait_instead_of_sleeping() -> None:
+    clock = SimulatedClock()
+    transport = ScriptedTransport([response(503), response(429, **{"Retry-After": "7"}), response(200)])
+    client = WigzoClient(SETTINGS, transport=transport, clock=clock, rng=random.Random(2),
+                         policy=DeliveryPolicy(backoff_base=1.0))
+    delivery, stop = client.delivery(REQUEST), threading.Event()
+    backoff = delivery.step(stop)
+    assert isinstance(backoff, Wait) and backoff.resumed is None and 0.0 <= backoff.seconds <= 2.0
+    throttled = delivery.step(stop)
+    assert isinstance(throttled, Wait) and 7.0 <= throttled.seconds <= 8.0  # never before Retry-After
+    assert delivery.step(stop) == Delivered(200, 3)
+    assert len(transport.calls) == 3 and clock.now == 0.0  # nobody slept
+
+
+def test_a_step_after_stop_aborts_without_sending() -> None:
+    transport = ScriptedTransport([response(503)])
+    delivery, stop = WigzoClient(SETTINGS, transport=transport).delivery(REQUEST), threading.Event()
+    assert isinstance(delivery.step(stop), Wait)
+    stop.set()
+    assert delivery.step(stop) == Aborted(1) and len(transport.calls) == 1
+
+
+def misconfigured_client(script: list[Response | TransportError], clock: SimulatedClock,
+                         threshold: int = 3) -> tuple[WigzoClient, ScriptedTransport]:
+    transport = ScriptedTransport(script)
+    policy = DeliveryPolicy(auth_probe_base=1.0, auth_probe_cap=5.0, gate_poll=0.1)
+    client = WigzoClient(replace(SETTINGS, systemic_failure_threshold=threshold, wigzo_base_url="https://wigzo.test/v2"),
+                         transport=transport, clock=clock, policy=policy, rng=random.Random(4))
+    return client, transport
+
+
+def test_the_same_404_for_threshold_events_pauses_delivery_instead_of_dead_lettering(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = SimulatedClock()
+    not_found = response(404, '{"error": "no such route"}')
+    client, transport = misconfigured_client([not_found] * 4 + [response(200), not_found], clock)
+    with caplog.at_level(logging.INFO, logger="pipeline.wigzo.client"):
+        first, second = (client.deliver(keyed(f"e{n}"), threading.Event()) for n in (1, 2))
+        assert isinstance(first, DeliveryFailed) and isinstance(second, DeliveryFailed)
+        assert client.state == "healthy" and client.problem == ""
+        seen: list[tuple[str, bool, str, float]] = []
+        stop = RecordingStop(clock=clock, meanwhile=lambda: seen.append(
+            (client.state, client.accepting_work(), client.problem, sample("wigzo_pipeline_misconfigured"))))
+        # the third event completes the streak: held, not dead-lettered; a probe (404 again) keeps it held;
+        # the next probe is accepted, as if Wigzo's route were back
+        assert client.deliver(keyed("e3"), stop) == Delivered(200, 3)
+    states = {(state, accepting) for state, accepting, _, _ in seen}
+    assert states == {("misconfigured", False)} and all(gauge == 1.0 for *_, gauge in seen)
+    problem = seen[0][2]
+    assert problem.startswith("the last 3 events were all answered 404 at /rest/v1/learn/event (")
+    assert "WIGZO_BASE_URL looks wrong (https://wigzo.test/v2)" in problem
+    assert "nothing more is dead-lettered, probing every ~5 s" in problem
+    assert max(stop.waits) <= 0.1 and sum(stop.waits) <= 1.2 + 2.4 + 0.1  # the gate's probes: ~1 s, then ~2 s
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO] == [
+        ("ERROR", problem), ("INFO", "Wigzo accepts events again: delivery resumed")]
+    assert client.state == "healthy" and client.problem == "" and sample("wigzo_pipeline_misconfigured") == 0.0
+    # the delivery restarted the count: the next 404 is that event's own
+    assert isinstance(client.deliver(keyed("e4"), threading.Event()), DeliveryFailed)
+    assert len(transport.calls) == 6
+
+
+def test_a_held_event_is_aborted_by_stop() -> None:
+    clock = SimulatedClock()
+    client, transport = misconfigured_client([response(404)], clock, threshold=1)
+    assert client.deliver(keyed("e1"), RecordingStop(stop_on_wait=True, clock=clock)) == Aborted(1)
+    assert client.state == "misconfigured" and len(transport.calls) == 1
+
+
+def test_a_request_that_cannot_be_built_for_threshold_events_names_the_setting() -> None:
+    clock = SimulatedClock()
+    invalid = TransportError("InvalidURL", "Failed to parse: https://wigzo.test:99999/x", transient=False)
+    client, _ = misconfigured_client([invalid] * 3, clock)
+    for n in (1, 2):
+        assert isinstance(client.deliver(keyed(f"e{n}"), threading.Event()), DeliveryFailed)
+    delivery = client.delivery(keyed("e3"))
+    assert delivery.step(threading.Event()) == Wait(0.0)  # held: back to the gate
+    gate = delivery.step(threading.Event())
+    assert isinstance(gate, Wait) and gate.resumed is not None and not gate.resumed.is_set()
+    assert client.problem.startswith("the last 3 events were all failed with InvalidURL (Failed to parse")
+    assert "WIGZO_BASE_URL looks wrong" in client.problem
+
+
+def test_a_400_for_every_event_points_at_the_mapping() -> None:
+    client, _ = misconfigured_client([response(400, '{"error": "eventval is required"}')] * 3, SimulatedClock())
+    for n in range(3):
+        client.delivery(keyed(f"e{n}")).step(threading.Event())
+    assert client.state == "misconfigured"
+    assert "eventval is required" in client.problem and "WIGZO_EVENT_MAP" in client.problem
+
+
+class HangingTransport:
+    """Answers 200 at once, except for the keys told to hang: those wait until released, then answer 200."""
+
+    def __init__(self, hang: set[str]) -> None:
+        self.hang = hang
+        self.release = threading.Event()
+        self.calls: list[str] = []
+
+    def send(self, method: str, url: str, **kwargs: Any) -> Response:
+        key = kwargs["headers"]["Idempotency-Key"]
+        self.calls.append(key)
+        if key in self.hang:
+            self.release.wait(5)
+        return response(200)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_requests_hanging_past_stall_after_stop_holding_their_slots(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SimulatedClock()
+    hung = [f"h{n}" for n in range(4)]
+    transport = HangingTransport(set(hung))
+    client = WigzoClient(replace(SETTINGS, max_in_flight=4), transport=transport, clock=clock,
+                         policy=DeliveryPolicy(stall_after=3.0, gate_poll=0.01))
+    stop = threading.Event()
+    in_flight = sample("wigzo_pipeline_in_flight")
+    hanging = [threading.Thread(target=client.deliver, args=(keyed(key), stop)) for key in hung]
+    for thread in hanging:
+        thread.start()
+    wait_until(lambda: len(transport.calls) == 4)
+    assert sample("wigzo_pipeline_in_flight") == in_flight + 4
+    assert client.delivery(keyed("m0")).step(stop) == Wait(0.0)  # every slot taken: step again later
+    clock.now += 3.0  # Wigzo has left them hanging for stall_after
+    with caplog.at_level(logging.WARNING, logger="pipeline.wigzo.client"):
+        assert client.delivery(keyed("m1")).step(stop) == Delivered(200, 1)
+    assert client.state == "throttled"  # a stall lowers the limit (4 -> 2), so hanging requests stay bounded
+    assert sample("wigzo_pipeline_concurrency_limit") == 2.0
+    assert "no answer for 3 s: lowering concurrency to 2" in caplog.text
+    transport.release.set()
+    for thread in hanging:
+        thread.join(5)
+    assert sorted(transport.calls) == [*hung, "m1"]
+    assert sample("wigzo_pipeline_in_flight") == in_flight
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_each_attempt_is_counted_by_answer_and_each_retry_by_reason() -> None:
+    clock = SimulatedClock()
+    script: list[Response | TransportError] = [
+        response(429, **{"Retry-After": "0"}), response(503), TransportError("ConnectionError", "refused",
+                                                                             transient=True), response(200)]
+    client = WigzoClient(SETTINGS, transport=ScriptedTransport(script), clock=clock)
+    classes = ("2xx", "4xx", "5xx", "error")
+    reasons = ("throttled", "server_error", "network", "auth", "misconfigured")
+    before = ({c: sample("wigzo_pipeline_http_requests_total", status_class=c) for c in classes},
+              {r: sample("wigzo_pipeline_retries_total", reason=r) for r in reasons},
+              sample("wigzo_pipeline_http_request_duration_seconds_count"))
+    assert client.deliver(REQUEST, RecordingStop(clock=clock)) == Delivered(200, 4)
+    requests = {c: sample("wigzo_pipeline_http_requests_total", status_class=c) - before[0][c] for c in classes}
+    retries = {r: sample("wigzo_pipeline_retries_total", reason=r) - before[1][r] for r in reasons}
+    assert requests == {"2xx": 1, "4xx": 1, "5xx": 1, "error": 1}
+    assert retries == {"throttled": 1, "server_error": 1, "network": 1, "auth": 0, "misconfigured": 0}
+    assert sample("wigzo_pipeline_http_request_duration_seconds_count") - before[2] == 4
+    assert sample("wigzo_pipeline_concurrency_limit") == SETTINGS.max_in_flight
+
+
+def test_a_rejected_token_sets_the_auth_gauge_while_it_lasts() -> None:
+    clock = SimulatedClock()
+    client = WigzoClient(SETTINGS, transport=ScriptedTransport([response(401), response(200)]), clock=clock,
+                         policy=DeliveryPolicy(auth_probe_base=1.0))
+    auth_retries = sample("wigzo_pipeline_retries_total", reason="auth")
+    gauges: set[tuple[float, float, float]] = set()
+    stop = RecordingStop(clock=clock, meanwhile=lambda: gauges.add(
+        tuple(sample(f"wigzo_pipeline_{name}") for name in ("auth_failed", "circuit_open", "misconfigured"))))
+    assert client.deliver(REQUEST, stop) == Delivered(200, 2)
+    assert gauges == {(1.0, 0.0, 0.0)} and sample("wigzo_pipeline_auth_failed") == 0.0
+    assert sample("wigzo_pipeline_retries_total", reason="auth") == auth_retries + 1
+
+
+def test_a_window_of_429s_lowers_concurrency_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SimulatedClock()
+    policy = DeliveryPolicy(throttle_window=4, throttle_ratio=0.5, backoff_base=0.0)
+    transport = ScriptedTransport([response(429, **{"Retry-After": "0"})] * 8 + [response(200)])
+    client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=policy)
+    with caplog.at_level(logging.WARNING, logger="pipeline.wigzo.client"):
+        delivery = client.delivery(REQUEST)
+        while isinstance(delivery.step(threading.Event()), Wait):
+            clock.now += 1.0
+    assert client.state == "throttled" and sample("wigzo_pipeline_concurrency_limit") == 12.0  # 48 / 2 / 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "Wigzo is throttling (50% or more of the last 4 answers were HTTP 429): lowering concurrency to 24 "
+        "requests in flight"]
