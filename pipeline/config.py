@@ -180,7 +180,7 @@ class Settings:
     wigzo_base_url: str = "https://app.wigzo.com"
     wigzo_org_token: Secret = Secret("")
     wigzo_api_token: Secret = Secret("")
-    max_in_flight: int = 64
+    max_in_flight: int = 256
     ordering: str = "key"
     input_formats: Mapping[str, str] = field(default_factory=lambda: {"*": "auto"})
     avro_writer_schema: str = ""
@@ -193,7 +193,7 @@ class Settings:
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     max_attempts: int = 10
     retry_budget_seconds: float = 300.0
-    max_pending_per_partition: int = 250
+    max_pending_per_partition: int = 1000
     systemic_failure_threshold: int = 10
     startup_timeout: float = 60.0
     workers: int = 1

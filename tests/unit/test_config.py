@@ -109,7 +109,7 @@ LAYER_VALUES = {  # what each source sets, and what Settings holds when that sou
     "flag": ("from-flag", 1, "flag-client"),
     "env": ("from-env", 2, "env-client"),
     "file": ("from-file", 3, "file-client"),
-    "default": ("segment-wigzo", 64, None),
+    "default": ("segment-wigzo", 256, None),
 }
 
 
