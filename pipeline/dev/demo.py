@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import time
 import uuid
@@ -27,8 +26,8 @@ from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.dead_letters import error_headers
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
-from pipeline.telemetry.logs import configure_logging
 from pipeline.model import Secret
+from pipeline.telemetry.logs import configure_logging
 
 DEMO_ORG_TOKEN = "demo-org-token"
 

@@ -13,7 +13,6 @@ from confluent_kafka import Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
-from pipeline.telemetry.logs import configure_for
 from pipeline.model import STAGES, Skip
 from pipeline.ops.lookups import (
     Ranges,
@@ -25,6 +24,7 @@ from pipeline.ops.lookups import (
     run_range,
     watermarks,
 )
+from pipeline.telemetry.logs import configure_for
 
 
 def as_original(letter: Message, context: dict[str, str]) -> Message:

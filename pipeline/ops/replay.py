@@ -10,7 +10,6 @@ import argparse
 import time
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.telemetry.logs import configure_for
 from pipeline.model import PipelineError
 from pipeline.ops.lookups import (
     Ranges,
@@ -23,6 +22,7 @@ from pipeline.ops.lookups import (
     run_range,
     watermarks,
 )
+from pipeline.telemetry.logs import configure_for
 
 
 def parse_offset_ranges(text: str) -> dict[int, tuple[int, int]]:
