@@ -108,7 +108,9 @@ class RequestsTransport:
         parts = urlsplit(url)
         origin = (parts.scheme, parts.netloc)
         if origin not in self._environments:  # a race computes the same value twice, harmlessly
-            self._environments[origin] = self._session.merge_environment_settings(url, {}, None, None, None)
+            # verify=the session's own: with None, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE would override WIGZO_CA_BUNDLE
+            self._environments[origin] = self._session.merge_environment_settings(url, {}, None, self._session.verify,
+                                                                                  None)
         return self._environments[origin]
 
     def close(self) -> None:

@@ -1,0 +1,176 @@
+"""Scenario 6: configurations that can never work. Wigzo answering 404 to everything (a wrong base URL) or 400 to
+everything must not flood the dead-letter topic: after WIGZO_SYSTEMIC_FAILURE_THRESHOLD events failing the same
+way (per route) delivery pauses and /readyz says why; once the operator fixes it, everything held is delivered.
+A missing topic and an unreachable broker make a batch run exit non-zero with the reason."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient
+
+from pipeline.config import Settings
+from pipeline.dev.samples import SampleStream
+from pipeline.dev.sandbox import Faults
+from tests.chaos.audit import Audit, ResultRow, audit, report
+from tests.chaos.conftest import WigzoFactory
+from tests.chaos.harness import (
+    API_TOKEN,
+    ORG_TOKEN,
+    Member,
+    Members,
+    Scale,
+    Wigzo,
+    committed_to_end,
+    free_port,
+    produce,
+    stop_member,
+    wait_for,
+)
+from tests.conftest import TopicFactory
+
+THRESHOLD = Settings().systemic_failure_threshold  # the default, which these runs keep
+ROUTES = 2  # identify and event: a streak is counted per route, since each answers for itself
+EVERYTHING = 10**9  # fail_first_attempts: every attempt of every key
+EXIT_BOUND = 60.0  # seconds a batch run that cannot start may take to say so
+
+
+def _misconfigured(member: Member) -> list[str]:
+    status, reasons = member.readyz()
+    return reasons if status == 503 and any("misconfigured" in reason for reason in reasons) else []
+
+
+@dataclass
+class Case:
+    """One misconfigured Wigzo: how to break it and fix it, and what the run showed."""
+
+    name: str
+    topic: str
+    sandbox: Wigzo
+    base_url: str
+    fix: Callable[[], str | None]  # the base URL to restart with, or None when the member recovers by itself
+    paused_after_s: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    still_paused: bool = False
+    resumed_after_s: float | None = None
+    exits: list[int] = field(default_factory=list)
+    log: str = ""
+    failure: BaseException | None = None
+
+    def run(self, kafka_bootstrap: str, members: Members) -> None:
+        """A member that cannot deliver runs until /readyz says why; then the fix, and the backlog drains."""
+        try:
+            group = f"{self.topic}-group"
+            settings = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": self.topic,
+                        "KAFKA_GROUP_ID": group}
+            member = members.start(f"{self.name}-broken", {**settings, "WIGZO_BASE_URL": self.base_url})
+            self.paused_after_s = round(wait_for(lambda: bool(_misconfigured(member)), 90,
+                                                 f"{self.name}: /readyz 503 saying Wigzo is misconfigured"), 1)
+            self.reasons = _misconfigured(member)
+            time.sleep(3)  # held events keep probing: they must not be dead-lettered meanwhile
+            self.still_paused = bool(_misconfigured(member))
+            restart_url = self.fix()
+            if restart_url is None:
+                self.resumed_after_s = round(wait_for(lambda: member.readyz()[0] == 200, 60, "resuming"), 1)
+                wait_for(lambda: committed_to_end(kafka_bootstrap, group, self.topic), 120, "draining", interval=1.0)
+                self.exits.append(stop_member(member))
+            else:
+                self.exits.append(stop_member(member))
+                fixed = members.start(f"{self.name}-fixed", {**settings, "WIGZO_BASE_URL": restart_url},
+                                      "--exit-when-idle", "3")
+                self.exits.append(fixed.wait(timeout=120))
+            self.log = member.output()
+        except BaseException as exc:  # noqa: BLE001 - raised again on the test's thread
+            self.failure = exc
+
+
+def _delivery_letters_by_status(result: Audit) -> Counter[str]:
+    """Dead letters written because Wigzo refused the event, by the HTTP status they carry."""
+    return Counter(letter.context.get("http.status", "") for letter in result.letters.values()
+                   if letter.context.get("stage") == "delivery")
+
+
+def test_a_wrong_base_url_or_a_wigzo_refusing_everything_pauses_delivery_instead_of_flooding_the_dlq(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
+    events = scale.events(600)
+    wrong_url = wigzo(faults=Faults(latency_ms=5))
+    refusing = wigzo(faults=Faults(latency_ms=5, fail_first_attempts=EVERYTHING, fail_with="400"))
+    cases = {
+        "404": Case("wrong-url", make_topic(partitions=3, prefix="chaos-wrong-url"), wrong_url, wrong_url.url + "/nope",
+                    lambda: wrong_url.url),
+        "400": Case("refuse-all", make_topic(partitions=3, prefix="chaos-refuse-all"), refusing, refusing.url,
+                    lambda: refusing.control.set_faults(fail_first_attempts=0)),
+    }
+    produced = {status: produce(kafka_bootstrap, case.topic, SampleStream(seed=60 + n).messages(events))
+                for n, (status, case) in enumerate(cases.items())}
+    threads = [threading.Thread(target=case.run, args=(kafka_bootstrap, members)) for case in cases.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=400)
+    for case in cases.values():
+        if case.failure is not None:
+            raise AssertionError(f"{case.name}: {case.failure}\n{members.tails()}") from case.failure
+
+    rows, letters = [], {}
+    for status, case in cases.items():
+        result = audit(kafka_bootstrap, case.topic, produced[status], case.sandbox)
+        letters[status] = _delivery_letters_by_status(result)
+        how = "WIGZO_BASE_URL = sandbox + '/nope'" if status == "404" else "the sandbox answers every attempt 400"
+        fix = "restarted with the right URL" if status == "404" else "fault cleared, resumed by itself"
+        rows.append(ResultRow.of(f"6 Wigzo {status} everywhere", result, case.resumed_after_s,
+                                 f"{scale.name}; {how}; threshold {THRESHOLD}; /readyz 503 after "
+                                 f"{case.paused_after_s} s, then {fix}", delivery_letters=dict(letters[status]),
+                                 readyz=case.reasons))
+    report(*rows)
+
+    for status, case in cases.items():
+        assert case.still_paused, f"{status}: delivery resumed by itself although nothing was fixed"
+        assert case.exits and set(case.exits) == {0}, (status, case.exits, members.tails())
+        assert set(letters[status]) == {status}, letters
+        assert sum(letters[status].values()) <= THRESHOLD * ROUTES, f"{status}: {letters[status]} dead letters"
+    assert "WIGZO_BASE_URL looks wrong" in cases["404"].log
+    assert "Wigzo refuses every event the same way" in cases["400"].log
+    for row in rows:
+        assert row.missing == 0, row
+        assert row.retry_after_violations == 0
+    assert not members.leaked([ORG_TOKEN, API_TOKEN])
+
+
+def test_a_missing_topic_or_an_unreachable_broker_fails_a_batch_run_with_the_reason(
+        kafka_bootstrap: str, kafka_admin: AdminClient, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
+    sandbox = wigzo()
+    missing = f"chaos-missing-{uuid.uuid4().hex[:8]}"
+    unreachable = f"127.0.0.1:{free_port()}"  # nothing listens there
+    batch = ("--exit-when-idle", "2", "--startup-timeout", "10")
+    common = {"WIGZO_BASE_URL": sandbox.url, "KAFKA_GROUP_ID": f"chaos-batch-{uuid.uuid4().hex[:8]}",
+              "KAFKA_OPT_ALLOW_AUTO_CREATE_TOPICS": "false"}
+    started = time.monotonic()
+    runs = {
+        "missing topic": members.start("missing-topic", {**common, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                                                         "KAFKA_TOPICS": missing}, *batch),
+        "unreachable broker": members.start("unreachable", {**common, "KAFKA_BOOTSTRAP_SERVERS": unreachable,
+                                                            "KAFKA_TOPICS": "segment-events"}, *batch),
+    }
+    try:
+        exits = {case: (member.wait(timeout=EXIT_BOUND), round(time.monotonic() - started, 1))
+                 for case, member in runs.items()}
+    finally:
+        leftovers = [t for t in (missing, f"{missing}.dlq") if t in kafka_admin.list_topics(timeout=10).topics]
+        if leftovers:
+            for future in kafka_admin.delete_topics(leftovers, operation_timeout=30).values():
+                future.result(timeout=30)
+    report(*(ResultRow.of(f"6 {case}", None, None, f"{scale.name}; batch run, STARTUP_TIMEOUT 10 s",
+                          exit_code=code, exited_after_s=seconds) for case, (code, seconds) in exits.items()))
+
+    errors = {case: member.output() for case, member in runs.items()}
+    assert all(code != 0 for code, _ in exits.values()), (exits, members.tails())
+    assert missing in errors["missing topic"], errors["missing topic"][-2000:]
+    assert "KAFKA_BOOTSTRAP_SERVERS" in errors["unreachable broker"], errors["unreachable broker"][-2000:]
+    assert sandbox.control.stats()["seen"] == 0
+    assert not members.leaked([ORG_TOKEN, API_TOKEN])
