@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.kafka.checkpoint import PartitionKey
 from pipeline.model import PipelineError
@@ -43,20 +44,44 @@ def keys_of(partitions: Iterable[TopicPartition]) -> list[PartitionKey]:
     return [(tp.topic, tp.partition) for tp in partitions]
 
 
+class BrokerOffsets:
+    """Partitions' ends and the group's committed offsets, asked over an admin connection of its own: on the
+    consumer's connection each request waits behind the pending fetch (up to fetch.wait.max.ms), which once
+    made a caught-up check cost seconds and throttled the whole loop."""
+
+    def __init__(self, config: dict[str, Any], group_id: str, timeout: float = 5.0) -> None:
+        self._admin = AdminClient(config)
+        self._group_id = group_id
+        self._timeout = timeout
+
+    def ends(self, keys: list[PartitionKey], spec: OffsetSpec) -> dict[PartitionKey, int]:
+        futures = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in keys},
+                                           request_timeout=self._timeout)
+        return {(tp.topic, tp.partition): future.result(timeout=self._timeout).offset for tp, future in futures.items()}
+
+    def committed(self, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
+        request = ConsumerGroupTopicPartitions(self._group_id, [TopicPartition(t, p) for t, p in keys])
+        answer = self._admin.list_consumer_group_offsets([request])[self._group_id].result(timeout=self._timeout)
+        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
+
+
 class GroupSubscription:
     """The live consumer group: partitions come and go with rebalances.
 
-    It is finished (for batch runs) only when caught up: partitions were assigned and every one of them is
-    read to its high watermark. A member that never got a partition, or never reached the broker, is not.
+    Given `offsets` (batch runs), it is finished when caught up: partitions were assigned and every one of
+    them is read to its high watermark. A member that never got a partition, or never reached the broker, is
+    not. Without it, it never finishes by itself.
     """
 
-    CHECK_INTERVAL = 1.0  # watermarks and committed offsets are broker round trips: ask at most this often
+    CHECK_INTERVAL = 1.0  # the check is a broker round trip: ask at most this often
 
-    def __init__(self, topics: tuple[str, ...], dlq_topic: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, topics: tuple[str, ...], dlq_topic: str, offsets: BrokerOffsets | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         for topic in topics:
             if topic.startswith("^"):
                 _refuse_pattern_matching_dlq(topic, dlq_topic)
         self._topics = list(topics)
+        self._offsets = offsets
         self._clock = clock
         self._assigned: set[PartitionKey] = set()
         self._last_check = -self.CHECK_INTERVAL
@@ -72,7 +97,8 @@ class GroupSubscription:
             self._assigned.update(keys)
             rebalance.assigned(keys)
 
-        def on_release(handler: Callable[[list[PartitionKey]], None]) -> Callable[[Consumer, list[TopicPartition]], None]:
+        def on_release(handler: Callable[[list[PartitionKey]], None],
+                       ) -> Callable[[Consumer, list[TopicPartition]], None]:
             def release(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
                 keys = keys_of(partitions)
                 handler(keys)
@@ -90,35 +116,32 @@ class GroupSubscription:
 
     def finished(self, consumer: Consumer) -> bool:
         """Caught up as of the latest check (made at most once per CHECK_INTERVAL)."""
-        now = self._clock()
-        if not self._assigned:
+        if self._offsets is None or not self._assigned:
             return False
+        now = self._clock()
         if now - self._last_check >= self.CHECK_INTERVAL:
             self._last_check = now
             try:
-                self._caught_up = caught_up(consumer, sorted(self._assigned))
+                self._caught_up = caught_up(consumer, sorted(self._assigned), self._offsets)
             except KafkaException:  # the broker did not answer in time: not known to be caught up
                 self._caught_up = False
         return self._caught_up
 
 
-def caught_up(consumer: Consumer, keys: list[PartitionKey], timeout: float = 5.0) -> bool:
+def caught_up(consumer: Consumer, keys: list[PartitionKey], offsets: BrokerOffsets) -> bool:
     """Every partition read to its high watermark. A partition this consumer has not fetched from has no
     position: it is caught up when it is empty or the group's committed offset is already at its end."""
-    positions = consumer.position([TopicPartition(topic, partition) for topic, partition in keys])
-    unfetched = []
-    for tp in positions:
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-        if tp.offset < 0:
-            if high > low:
-                unfetched.append((tp, high))
-        elif tp.offset < high:
-            return False
-    if unfetched:
-        committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp, _ in unfetched],
-                                       timeout=timeout)
-        return all(done.offset >= high for (_, high), done in zip(unfetched, committed, strict=True))
-    return True
+    positions = {(tp.topic, tp.partition): tp.offset
+                 for tp in consumer.position([TopicPartition(topic, partition) for topic, partition in keys])}
+    highs = offsets.ends(keys, OffsetSpec.latest())
+    if any(0 <= positions[key] < highs[key] for key in keys):
+        return False
+    unfetched = [key for key in keys if positions[key] < 0]
+    if not unfetched:
+        return True
+    lows = offsets.ends(unfetched, OffsetSpec.earliest())
+    committed = offsets.committed(unfetched)
+    return all(highs[key] <= max(lows[key], committed.get(key, -1)) for key in unfetched)
 
 
 class OffsetRanges:

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.kafka.assignment import GroupSubscription
+from pipeline.kafka.assignment import BrokerOffsets, GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import PipelineError
-from pipeline.telemetry.logs import configure_for
+from pipeline.telemetry.logs import KAFKA_LOGGER, configure_for
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
 
 def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
     """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health)."""
-    subscription = GroupSubscription(settings.topics, settings.dlq_topic)
+    offsets = (BrokerOffsets({**settings.kafka_client_config(), "logger": KAFKA_LOGGER}, settings.group_id)
+               if quiet_seconds is not None else None)  # only a batch run asks whether it is caught up
+    subscription = GroupSubscription(settings.topics, settings.dlq_topic, offsets)
     try:
         pipeline = build_pipeline(settings, subscription)
     except PipelineError as exc:

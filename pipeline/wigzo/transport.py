@@ -68,36 +68,53 @@ def as_transport_error(exc: OSError) -> TransportError:
     return TransportError(type(exc).__name__, str(exc), transient=transient)
 
 
-class RequestsTransport:
-    """One pooled `requests.Session`, shared by the consumer's worker threads.
+class _PoolKeyCachingAdapter(HTTPAdapter):
+    """An HTTPAdapter that works out each origin's connection-pool key once: requests does it on every call,
+    with a filesystem check of the CA bundle path, and with dozens of threads each such system call hands the
+    GIL to another thread and waits to get it back."""
 
-    Each call is prepared by the session (its headers, netrc auth) and sent straight through its adapter:
-    what `Session.send` adds on top is unwanted here (following redirects, a cookie jar shared by threads,
-    hooks), and the environment settings `Session.request` re-reads on every call (proxies, NO_PROXY,
-    REQUESTS_CA_BUNDLE) are read once per origin instead: scanning the environment was about a fifth of a
-    call's CPU. A running consumer's environment does not change.
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keys: dict[tuple[str, str, Any, Any], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: bool | str,
+                                             cert: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        parts = urlsplit(cast(str, request.url))
+        key = (parts.scheme, parts.netloc, verify, cert)
+        if key not in self._keys:  # a race computes the same value twice, harmlessly
+            self._keys[key] = super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params, pool_kwargs = self._keys[key]
+        return dict(host_params), dict(pool_kwargs)
+
+
+class RequestsTransport:
+    """One pooled `requests` adapter, shared by the consumer's worker threads.
+
+    Each call is prepared on its own (requests' default headers and our User-Agent; no session: a session
+    would look for a ~/.netrc on every call) and sent straight through the adapter: what `Session.send` adds
+    on top is unwanted here (following redirects, a cookie jar shared by threads, hooks), and the environment
+    settings `Session.request` re-reads on every call (proxies, NO_PROXY, REQUESTS_CA_BUNDLE) are read once
+    per origin instead. A running consumer's environment does not change.
     """
 
     def __init__(self, pool_size: int, ca_bundle: str | None = None) -> None:
-        session = requests.Session()
+        session = requests.Session()  # for merge_environment_settings: proxies, CA bundle as requests reads them
         # requests' default pool keeps 10 connections per host and discards the rest after each use. Not
         # blocking: a request beyond pool_size (the client lets more out while some hang) opens a connection
         # of its own at once instead of waiting for a pooled one; the pool keeps pool_size of them afterwards.
-        adapter = HTTPAdapter(pool_maxsize=pool_size, pool_block=False, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+        self._adapter = _PoolKeyCachingAdapter(pool_maxsize=pool_size, pool_block=False, max_retries=0)
         session.verify = ca_bundle or True
-        session.headers["User-Agent"] = USER_AGENT
         self._session = session
+        self._headers = {**requests.utils.default_headers(), "User-Agent": USER_AGENT}
         self._environments: dict[tuple[str, str], dict[str, Any]] = {}
 
     def send(self, method: str, url: str, *, params: Sequence[tuple[str, str]], body: bytes,
              headers: Mapping[str, str], timeout: tuple[float, float]) -> Response:
         try:
-            prepared = self._session.prepare_request(
-                requests.Request(method.upper(), url, headers=dict(headers), data=body, params=params))
-            target = cast(str, prepared.url)  # set once prepared: prepare_request raises for a URL it cannot build
-            answer = self._session.get_adapter(target).send(prepared, timeout=timeout, **self._environment(target))
+            prepared = requests.Request(method.upper(), url, headers={**self._headers, **headers}, data=body,
+                                        params=params).prepare()
+            target = cast(str, prepared.url)  # set once prepared: prepare() raises for a URL it cannot build
+            answer = self._adapter.send(prepared, timeout=timeout, **self._environment(target))
             content = answer.content  # read here: a body cut off is network trouble like any other
         except OSError as exc:
             raise as_transport_error(exc) from exc
@@ -114,4 +131,5 @@ class RequestsTransport:
         return self._environments[origin]
 
     def close(self) -> None:
+        self._adapter.close()
         self._session.close()

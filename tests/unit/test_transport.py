@@ -65,7 +65,7 @@ def scripted(script: list[urllib3.HTTPResponse | BaseException], ca_bundle: str 
              ) -> tuple[RequestsTransport, ScriptedAdapter]:
     transport = RequestsTransport(8, ca_bundle)
     adapter = ScriptedAdapter(script)
-    transport._session.mount("https://", adapter)
+    transport._adapter = adapter
     return transport, adapter
 
 
@@ -83,12 +83,10 @@ def no_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.lower(), raising=False)
 
 
-def test_the_session_pools_as_many_connections_as_requests_in_flight() -> None:
-    session = RequestsTransport(48)._session
-    for prefix in ("https://", "http://"):
-        adapter = session.get_adapter(prefix + "wigzo.test")
-        assert adapter._pool_maxsize == 48  # type: ignore[attr-defined]
-        assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+def test_the_adapter_pools_as_many_connections_as_it_is_told() -> None:
+    adapter = RequestsTransport(48)._adapter
+    assert adapter._pool_maxsize == 48  # type: ignore[attr-defined]
+    assert adapter.max_retries.total == 0
 
 
 def test_the_call_goes_out_as_given_with_timeouts_user_agent_and_the_default_trust_store() -> None:
@@ -218,3 +216,22 @@ def test_a_request_beyond_the_pool_opens_a_connection_of_its_own_at_once() -> No
     pool = RequestsTransport(2)._session.get_adapter(URL).poolmanager.connection_from_url(URL)
     connections = [pool._get_conn(timeout=0) for _ in range(3)]  # not connected yet: no network needed
     assert len({id(connection) for connection in connections}) == 3
+
+
+def test_the_connection_pool_key_is_worked_out_once_per_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests recomputes it on every call, with a filesystem check of the CA bundle: once per origin is enough."""
+    computed: list[str] = []
+    original = HTTPAdapter.build_connection_pool_key_attributes
+
+    def counting(self: HTTPAdapter, request: requests.PreparedRequest, verify: bool | str,
+                 cert: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        computed.append(request.url or "")
+        return original(self, request, verify, cert)
+
+    monkeypatch.setattr(HTTPAdapter, "build_connection_pool_key_attributes", counting)
+    adapter = RequestsTransport(4)._adapter
+    for url in (URL, URL + "?x=1", "https://other.test/", URL):
+        adapter.build_connection_pool_key_attributes(requests.Request("POST", url).prepare(), "/etc/ca.pem")
+    assert computed == [URL, "https://other.test/"]
+    host, _ = adapter.build_connection_pool_key_attributes(requests.Request("POST", URL).prepare(), True)
+    assert host["host"] == "wigzo.test" and len(computed) == 3, "other TLS settings are another key"

@@ -89,17 +89,15 @@ class RecordingStop(threading.Event):
         return self.is_set()
 
 
-def test_the_session_pools_a_connection_for_every_request_that_can_be_on_the_wire() -> None:
+def test_the_transport_pools_a_connection_for_every_request_that_can_be_on_the_wire() -> None:
     """max_in_flight (48 here), and as many again for requests left hanging, which stop counting against it."""
     client = WigzoClient(SETTINGS)
     assert isinstance(client._transport, RequestsTransport)
-    session = client._transport._session
-    for prefix in ("https://", "http://"):
-        adapter = session.get_adapter(prefix + "wigzo.test")
-        assert adapter._pool_maxsize == 96  # type: ignore[attr-defined]
-        assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
-    assert session.verify is True
-    assert session.headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
+    adapter = client._transport._adapter
+    assert adapter._pool_maxsize == 96  # type: ignore[attr-defined]
+    assert adapter.max_retries.total == 0
+    assert client._transport._session.verify is True
+    assert client._transport._headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
     client.close()
 
 
