@@ -154,7 +154,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float,
            "seconds an event may keep retrying before it is dead-lettered (same condition)"),
     Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
-           _positive_int, "messages read but not finished per partition before it is paused"),
+           _positive_int, "messages read but not yet committed per partition before it is paused"),
     Option("systemic_failure_threshold", "WIGZO_SYSTEMIC_FAILURE_THRESHOLD", "--systemic-failure-threshold",
            _positive_int, "distinct events failing the same way in a row, with no success between, that make it "
            "a configuration problem: delivery pauses instead of dead-lettering more"),

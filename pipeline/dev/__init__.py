@@ -1,0 +1,1 @@
+"""Development tooling, off the production path: the Wigzo sandbox, sample events, the local Kafka, the demo."""

@@ -45,6 +45,7 @@ from pipeline.model import (
     WigzoRequest,
 )
 from pipeline.telemetry import metrics
+from pipeline.telemetry.logs import message_fields
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class Pipeline:
         try:
             decision = self.parts.map_event(event)
         except Exception as exc:  # the mapping is meant never to raise; if it does, the event is kept, not lost
-            log.exception("mapping raised")
+            log.exception("mapping raised", extra=_about(record, event))
             decision = Rejection("mapping", "MappingCrashed", f"the mapping raised {type(exc).__name__}: {exc}")
         if isinstance(decision, Skip):
             self._finish(state, offset, Outcome.SKIPPED, decision.reason)
@@ -324,7 +325,8 @@ class Pipeline:
                     break
                 job.sent += 1
         except Exception as exc:  # a bug in delivery must not lose the event: dead-letter it with the cause
-            log.exception("delivery raised")
+            log.exception("delivery raised", extra=message_fields(job.record.topic(), job.record.partition(),
+                                                                  job.record.offset()))
             now = self._wall_clock()
             result = DeliveryFailed(Rejection("delivery", "DeliveryCrashed", f"{type(exc).__name__}: {exc}"),
                                     attempts=1, first_failure=now, last_failure=now, history=())
@@ -467,6 +469,13 @@ class Pipeline:
             self._paused.discard(key)
             _forget_lag(key)
         self.checkpoint.forget(keys)
+
+
+def _about(record: Message, event: dict[str, Any]) -> dict[str, Any]:
+    """A log line's coordinates of the message it is about (never its payload)."""
+    message_id = event.get("messageId")
+    return message_fields(record.topic(), record.partition(), record.offset(),
+                          message_id if isinstance(message_id, str) else None)
 
 
 def _epoch_seconds(timestamp: Any) -> float | None:

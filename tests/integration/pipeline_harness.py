@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 import uuid
@@ -124,3 +125,10 @@ def everything_committed(bootstrap: str, group: str, topic: str, partitions: int
     finally:
         probe.close()
     return committed_offsets(bootstrap, group, topic, partitions) == ends
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a subprocess's METRICS_PORT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+import requests
 from confluent_kafka import Producer
 
 from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS
 from pipeline.kafka.dead_letters import error_headers
 from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
-from tests.integration.pipeline_harness import read_all
+from tests.integration.pipeline_harness import free_port, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the Dockerfile copies into its build stage: the wheel is built from exactly these, at the same
@@ -146,10 +147,28 @@ def test_run_consumes_delivers_and_dead_letters(installed: Installed, kafka_boot
         producer.produce(topic, key=b"u-1", value=orjson.dumps(event))
     assert producer.flush(30) == 0
 
+    port = free_port()
     env = _clean_environment(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, KAFKA_TOPICS=topic,
                              KAFKA_GROUP_ID=f"wheel-{uuid.uuid4().hex[:10]}", WIGZO_BASE_URL=sandbox.url,
-                             WIGZO_ORG_TOKEN=SANDBOX_ORG_TOKEN)
-    _, log = _check([installed.console_script, "run", "--exit-when-idle", "5"], installed.workdir, RUN_TIMEOUT, env)
+                             WIGZO_ORG_TOKEN=SANDBOX_ORG_TOKEN, METRICS_PORT=str(port))
+    process = subprocess.Popen([installed.console_script, "run", "--exit-when-idle", "5"], cwd=installed.workdir,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scraped = ""
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while 'outcome="dead_lettered"' not in scraped and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:  # the installed package serves /metrics (prometheus-client and the probes ship in the wheel)
+                scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.ConnectionError:
+                continue
+        _, log = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, log[-5000:]
+    assert 'wigzo_pipeline_outcomes_total{outcome="dead_lettered",stage="validate"} 1.0' in scraped, scraped[-3000:]
 
     received = sandbox.control.received()
     assert sorted((r["path"], r["body"].get("userId")) for r in received) == \

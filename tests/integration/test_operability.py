@@ -5,7 +5,6 @@ start their work exit non-zero with the reason."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.dev.samples import SampleStream
 from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
-from tests.integration.pipeline_harness import everything_committed, produce, read_all
+from tests.integration.pipeline_harness import everything_committed, free_port, produce, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 API_TOKEN = "api-token-7e51"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -66,7 +59,7 @@ def test_metrics_probes_and_json_logs_of_a_real_run(kafka_bootstrap: str, make_t
     topic = make_topic(partitions=3)
     samples = list(SampleStream(seed=31).messages(600))
     produce(kafka_bootstrap, topic, samples)
-    port, group = _free_port(), f"ops-{uuid.uuid4().hex[:8]}"
+    port, group = free_port(), f"ops-{uuid.uuid4().hex[:8]}"
     sandbox.control.set_faults(latency_ms=5)
     process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
                       "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN,

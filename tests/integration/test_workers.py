@@ -19,12 +19,12 @@ from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 from tests.integration.pipeline_harness import (
     everything_committed,
+    free_port,
     predicted_requests,
     produce,
     received_requests,
     settings_for,
 )
-from tests.integration.test_operability import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_two_members_share_the_topic_and_one_port_reports_them_both(
     topic = make_topic(partitions=6)
     samples = list(SampleStream(seed=41).messages(1500))
     produce(kafka_bootstrap, topic, samples)
-    group, port = f"workers-{uuid.uuid4().hex[:8]}", _free_port()
+    group, port = f"workers-{uuid.uuid4().hex[:8]}", free_port()
     sandbox.control.set_faults(latency_ms=20)  # slow enough for both members to take partitions
     process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
                       "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN,
