@@ -73,6 +73,10 @@ class DeliveryClient(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def problem(self) -> str:
+        """Why delivery is paused (what to fix), or empty."""
+
 
 class DeadLetterSink(Protocol):
     failure: Exception | None
@@ -182,7 +186,8 @@ class Pipeline:
         """Why this member cannot take work now; empty when ready."""
         reasons = [] if self.joined else ["not in the consumer group yet"]
         if not self.parts.client.accepting_work():
-            reasons.append(f"Wigzo: {self.parts.client.state}")
+            problem = self.parts.client.problem
+            reasons.append(f"Wigzo: {self.parts.client.state}" + (f": {problem}" if problem else ""))
         if self.parts.dead_letters.failure is not None:
             reasons.append(f"dead-letter topic: {self.parts.dead_letters.failure}")
         return reasons + [f"Kafka {problem}" for problem in self.watch.problems()]

@@ -158,7 +158,7 @@ def check_source_topics(settings: Settings, metadata: ClusterMetadata) -> tuple[
 
 def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: ClusterMetadata,
                             sources: dict[str, int]) -> Row:
-    """It exists, or the broker confirms (validate-only, nothing is created) that we may create it on first use."""
+    """It exists, or the broker confirms (validate-only, nothing is created) that `run` may create it when it starts."""
     partitions: dict[str, int] = {}
     for source in [*sources, *(t for t in settings.topics if not t.startswith("^"))]:
         partitions.setdefault(settings.dlq_topic_for(source), sources.get(source, 1))
@@ -184,7 +184,7 @@ def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: Clu
             details.append(f"{dlq} is absent; the broker did not say within {KAFKA_TIMEOUT:g}s if it may be created")
             fixes.append(f"create {dlq} ({count} partitions)")
             continue
-        details.append(f"{dlq} is absent: it will be created on first use with {count} partition(s) "
+        details.append(f"{dlq} is absent: `run` creates it when it starts, with {count} partition(s) "
                        "(the broker confirmed this principal may create it)")
     text = "; ".join(details)
     if fixes:

@@ -63,7 +63,7 @@ def test_a_good_setup_passes_every_row_and_sends_nothing(
     assert code == 0, out
     assert {status for status, _ in table.values()} == {"PASS"} and len(table) == 7, out
     assert "no committed offsets" in table["consumer group"][1]
-    assert "will be created on first use" in table["dead-letter topic"][1]
+    assert "`run` creates it when it starts" in table["dead-letter topic"][1]
     assert "answered HTTP 404" in table["wigzo base url"][1], "the sandbox has no route at / and still answers"
     assert "All 7 checks passed" in out and TOKEN_NOTE in out
     assert SANDBOX_ORG_TOKEN not in out and API_TOKEN not in out

@@ -312,6 +312,10 @@ class FakeClient:
     def state(self) -> str:
         return "healthy" if self.accepting else "circuit open"
 
+    @property
+    def problem(self) -> str:
+        return "" if self.accepting else "Wigzo is failing"
+
     def close(self) -> None:
         self.closed = True
 
@@ -910,3 +914,18 @@ def test_a_long_registry_outage_halts_without_dead_lettering(
     assert isinstance(h.error, SchemaRegistryUnavailable)
     assert h.dead_letters.letters == [] and h.consumer.commits == []
     assert pipeline.outcomes.total() == 0
+
+
+def test_readiness_says_why_this_member_cannot_take_work(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness()
+    pipeline = harness.build()
+    assert pipeline.readiness() == ["not in the consumer group yet"]
+    harness.start(pipeline)
+    wait_for(lambda: pipeline.joined, "the assignment")
+    assert pipeline.readiness() == []
+    harness.client.accepting = False
+    harness.dead_letters.failure = RuntimeError("topic deleted")
+    assert pipeline.readiness() == ["Wigzo: circuit open: Wigzo is failing", "dead-letter topic: topic deleted"]
+    harness.dead_letters.failure = None
+    harness.client.accepting = True
+    harness.stop()
