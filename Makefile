@@ -25,3 +25,6 @@ kafka-start: $(VENV)/.installed
 
 kafka-stop: $(VENV)/.installed
 	$(BIN)/wigzo-pipeline kafka stop
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/pipeline_bench.py
