@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, Offset
 
 from pipeline.config import ConfigError, Settings, add_options, load_settings
 from pipeline.kafka.assignment import GroupSubscription
-from pipeline.model import PipelineError, Scrubber, Secret
+from pipeline.model import PipelineError, Scrubber
 
 KAFKA_TIMEOUT = 8.0  # seconds per broker request: an unreachable broker fails its row within ~10 s
 RESULT_TIMEOUT = KAFKA_TIMEOUT + 2  # waiting on a request's future: its own request_timeout fires first
@@ -299,8 +299,7 @@ def run_checks(args: argparse.Namespace) -> tuple[list[Row], Scrubber]:
     settings, configuration = check_configuration(args)
     if settings is None:
         return [configuration, *skipped(CHECKS[1:], "the configuration is invalid")], Scrubber(())
-    scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token,
-                      *(value for value in settings.kafka_config.values() if isinstance(value, Secret))))
+    scrub = Scrubber(settings.secrets())
     return [configuration, *kafka_rows(settings), check_wigzo(settings), check_token(settings)], scrub
 
 

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
-from pipeline.model import STAGES, PipelineError, Scrubber, Secret
+from pipeline.model import STAGES, PipelineError, Scrubber
 from pipeline.ops.lookups import parse_time, watermarks
 
 PREVIEW_CHARS = 200
@@ -214,8 +214,7 @@ def main(args: argparse.Namespace) -> int:
             raise PipelineError("KAFKA_TOPICS starts with a pattern: name the dead-letter topic with --topic "
                                 "(or DLQ_TOPIC)")
         topic = settings.dlq_topic_for(settings.topics[0])
-    scrub = Scrubber((settings.wigzo_org_token, settings.wigzo_api_token,
-                      *(value for value in settings.kafka_config.values() if isinstance(value, Secret))))
+    scrub = Scrubber(settings.secrets())
 
     def emit(line: str) -> None:
         print(scrub(line))
