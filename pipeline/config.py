@@ -156,8 +156,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
            _positive_int, "messages read but not yet committed per partition before it is paused"),
     Option("systemic_failure_threshold", "WIGZO_SYSTEMIC_FAILURE_THRESHOLD", "--systemic-failure-threshold",
-           _positive_int, "distinct events failing the same way in a row, with no success between, that make it "
-           "a configuration problem: delivery pauses instead of dead-lettering more"),
+           _positive_int, "distinct events failing the same way in a row (Wigzo's answer, or the mapping's "
+           "rejection), with no success between, that make it a configuration problem: the rest are held, not "
+           "dead-lettered"),
     Option("startup_timeout", "STARTUP_TIMEOUT", "--startup-timeout", _positive_float,
            "seconds to reach the broker, find the topics and join the group before a batch run gives up"),
     Option("workers", "WORKERS", "--workers", _positive_int,

@@ -36,6 +36,10 @@ class PartitionOffsets:
         return len(self._pending)
 
     @property
+    def unfinished(self) -> int:
+        return len(self._pending) - len(self._done)
+
+    @property
     def commit_position(self) -> int | None:
         """The offset to commit (the next one to read after a restart), or None if nothing finished yet."""
         return self._next_commit
@@ -74,6 +78,10 @@ class Checkpoint:
             offsets = self._offsets.get(key)
             return 0 if offsets is None else offsets.outstanding
         return sum(offsets.outstanding for offsets in self._offsets.values())
+
+    def unfinished(self) -> int:
+        """Messages read and not yet finished, over all partitions."""
+        return sum(offsets.unfinished for offsets in self._offsets.values())
 
     def due(self, keys: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
         """Commit positions that moved since the last commit, for the given partitions."""

@@ -28,6 +28,7 @@ from pipeline.contract.decoder import SchemaRegistryUnavailable
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.checkpoint import Checkpoint, PartitionKey
 from pipeline.kafka.executor import Later
+from pipeline.kafka.mapping_streak import MappingStreak
 from pipeline.kafka.outcomes import OutcomeCounter
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import (
@@ -102,12 +103,14 @@ class Parts:
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """How work flows: per-key ordering, the window of unfinished messages per partition, and how long a
-    release may wait for deliveries already on the wire (connect + read timeout)."""
+    """How work flows: per-key ordering, the window of unfinished messages per partition, how long a
+    release may wait for deliveries already on the wire (connect + read timeout), and how many events in a
+    row the mapping may reject the same way before the rest are held (pipeline.kafka.mapping_streak)."""
 
     ordering: str = "key"
     max_pending_per_partition: int = 250
     drain_bound: float = 21.0
+    systemic_threshold: int = 10
 
 
 @dataclass(eq=False)
@@ -130,11 +133,23 @@ class Completion:
     event_time: float | None  # the event's own timestamp, epoch seconds, for event-to-delivery latency
 
 
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """An event the mapping rejected during a systemic streak: kept to be dead-lettered if the streak ends."""
+
+    state: PartitionState
+    record: Message
+    offset: int
+    letter: DeadLetter
+
+
 @dataclass
 class RunStats:
     read: int = 0
     aborted: int = 0
     duplicate_risk: int = 0  # delivered after its partition was released: the next owner may send it again
+    held: int = 0  # held by a mapping streak when their partition was released: uncommitted, read again
+    held_because: str = ""  # the streak's reason, as it was then
 
 
 class Pipeline:
@@ -155,6 +170,7 @@ class Pipeline:
         self.outcomes = OutcomeCounter()
         self.stats = RunStats()
         self.checkpoint = Checkpoint()
+        self.mapping_streak: MappingStreak[HeldEvent] = MappingStreak(flow.systemic_threshold)
         self._reader = reader
         self._commit_enabled = commit
         self._clock = clock
@@ -190,11 +206,21 @@ class Pipeline:
             reasons.append(f"Wigzo: {self.parts.client.state}" + (f": {problem}" if problem else ""))
         if self.parts.dead_letters.failure is not None:
             reasons.append(f"dead-letter topic: {self.parts.dead_letters.failure}")
+        if problem := self.mapping_streak.problem():
+            reasons.append(problem)
         return reasons + [f"Kafka {problem}" for problem in self.watch.problems()]
 
     def finished(self) -> bool:
         """Everything the assignment puts in scope was read, and all of it has its outcome."""
         return self._consumer is not None and self.assignment.finished(self._consumer) and not self.outstanding()
+
+    def stuck(self) -> bool:
+        """Only events held by a mapping streak are left unfinished, and everything in scope is read (or no
+        partition is being read), so no event will come to end the streak: a batch run stops here instead of
+        waiting for ever."""
+        return (self._consumer is not None and self.mapping_streak.held > 0
+                and self.checkpoint.unfinished() == self.mapping_streak.held
+                and (self._paused == set(self._partitions) or self.assignment.finished(self._consumer)))
 
     def run(self, consumer: Consumer, stop_when: Callable[[], bool] | None = None) -> None:
         """Process messages until shutdown is requested or `stop_when` says so, then drain and commit."""
@@ -280,15 +306,34 @@ class Pipeline:
         except Exception as exc:  # the mapping is meant never to raise; if it does, the event is kept, not lost
             log.exception("mapping raised", extra=_about(record, event))
             decision = Rejection("mapping", "MappingCrashed", f"the mapping raised {type(exc).__name__}: {exc}")
+        if isinstance(decision, Rejection):
+            self._mapping_rejected(HeldEvent(state, record, offset, self._first_failure(decision)))
+            return
+        if held := self.mapping_streak.mapped():
+            log.warning("an event mapped again: the %d events held by the mapping streak were bad data after all; "
+                        "dead-lettering them", len(held))
+            self._dead_letter_held(held)
         if isinstance(decision, Skip):
             self._finish(state, offset, Outcome.SKIPPED, decision.reason)
-        elif isinstance(decision, Rejection):
-            self._dead_letter(state, record, offset, self._first_failure(decision))
         else:
             state.in_executor += 1
             event_time = _epoch_seconds(event.get("timestamp"))
             self.parts.executor.submit(self._ordering_key(record, event), partial(
                 self._deliver, _EventDelivery(state, record, offset, event_time, decision.requests)))
+
+    def _mapping_rejected(self, event: HeldEvent) -> None:
+        """Dead-letter it, or hold it when the same rejection has become systemic (said once per streak)."""
+        if not self.mapping_streak.rejected(event.letter.rejection, event):
+            self._dead_letter(event.state, event.record, event.offset, event.letter)
+            return
+        metrics.MAPPING_HELD.set(self.mapping_streak.held)
+        if self.mapping_streak.held == 1:
+            log.error("%s", self.mapping_streak.problem())
+
+    def _dead_letter_held(self, held: list[HeldEvent]) -> None:
+        metrics.MAPPING_HELD.set(self.mapping_streak.held)
+        for event in held:
+            self._dead_letter(event.state, event.record, event.offset, event.letter)
 
     def _decode(self, record: Message) -> dict[str, Any] | Rejection:
         """Decode, waiting out a Schema Registry outage (not the message's fault, so never a dead letter);
@@ -454,6 +499,13 @@ class Pipeline:
         behind it (one commit offset per partition), so draining first is what keeps a clean rebalance
         free of duplicates. While Wigzo is down there is nothing to drain: stop at once."""
         states = [self._partitions[k] for k in keys if k in self._partitions]
+        released, because = set(keys), self.mapping_streak.problem()
+        if held := self.mapping_streak.let_go(lambda event: event.state.key not in released):
+            self.stats.held += len(held)
+            self.stats.held_because = because
+            metrics.MAPPING_HELD.set(self.mapping_streak.held)
+            log.warning("leaving %d events held by the mapping streak uncommitted in %s: whoever reads them next "
+                        "maps them again", len(held), _describe(keys))
         if commit and self.parts.client.accepting_work() and not self._failed:
             self._wait_for_workers(states)
         for state in states:

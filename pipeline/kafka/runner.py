@@ -45,7 +45,8 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
         executor=OrderedExecutor(settings.max_in_flight),
     )
     flow = Flow(ordering=settings.ordering, max_pending_per_partition=settings.max_pending_per_partition,
-                drain_bound=settings.connect_timeout + settings.read_timeout + 1.0)
+                drain_bound=settings.connect_timeout + settings.read_timeout + 1.0,
+                systemic_threshold=settings.systemic_failure_threshold)
     return Pipeline(parts, assignment, flow=flow, reader=reader, commit=commit,
                     watch=KafkaWatch(settings.bootstrap_servers))
 

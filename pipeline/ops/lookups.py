@@ -97,7 +97,7 @@ def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool
 
     def done() -> bool:
         progress.tick()
-        return pipeline.finished()
+        return pipeline.finished() or pipeline.stuck()
 
     try:
         run_pipeline(pipeline, settings, group_id=group_id, stop_when=done)
@@ -106,8 +106,14 @@ def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool
     return pipeline
 
 
-def report(title: str, pipeline: Pipeline) -> None:
+def report(title: str, pipeline: Pipeline) -> int:
+    """Print what the run did; the exit code: 1 when events were left held by a mapping streak."""
     print(f"\n{title}: read {pipeline.stats.read} messages")
     print(pipeline.outcomes.report())
     if pipeline.stats.aborted:
         print(f"interrupted before finishing: {pipeline.stats.aborted} (not committed; run again to finish)")
+    if pipeline.stats.held:
+        print(f"not finished: {pipeline.stats.held} events left uncommitted because {pipeline.stats.held_because}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -101,5 +101,4 @@ def main(args: argparse.Namespace) -> int:
     ranges = redrive_ranges(settings, dlq_topic, group)
     print_ranges(ranges)
     pipeline = run_range(settings, ranges, group, commit=True, reader=select)
-    report(f"redrive of {dlq_topic} finished", pipeline)
-    return 0
+    return report(f"redrive of {dlq_topic} finished", pipeline)

@@ -84,5 +84,4 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     pipeline = run_range(settings, ranges, f"{settings.group_id}.replay-{int(time.time())}", commit=False)
-    report("replay finished", pipeline)
-    return 0
+    return report("replay finished", pipeline)

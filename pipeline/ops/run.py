@@ -86,7 +86,14 @@ def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHe
     log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
              "after their partition was released (may be delivered again)", pipeline.stats.read,
              ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
-             pipeline.stats.aborted, pipeline.stats.duplicate_risk)
+             pipeline.stats.aborted + pipeline.stats.held, pipeline.stats.duplicate_risk)
+    if quiet_seconds is not None and pipeline.stats.held:
+        failure = BatchRunFailed(f"not caught up: {pipeline.stats.held} events left uncommitted because "
+                                 f"{pipeline.stats.held_because}")
+        if health is None:
+            raise failure
+        log.error("%s", failure)
+        return 2
     return 0
 
 
@@ -119,6 +126,8 @@ def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Set
         now = clock()
         if not subscription.assigned and now - started >= settings.startup_timeout:
             raise BatchRunFailed(_why_no_partitions(pipeline, settings))
+        if pipeline.stuck():
+            return True  # only events a mapping streak holds are left: run_member says why and fails
         if not pipeline.finished():
             caught_up_since.clear()
             return False

@@ -32,6 +32,9 @@ AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", 
 MISCONFIGURED = Gauge(f"{PREFIX}_misconfigured",
                       "1 while every event fails the same permanent way and delivery is paused",
                       multiprocess_mode="livemax")
+MAPPING_HELD = Gauge(f"{PREFIX}_mapping_held",
+                     "Events held uncommitted, not dead-lettered, because the mapping rejected many in a row alike",
+                     multiprocess_mode="livesum")
 EVENT_TO_DELIVERY = Histogram(f"{PREFIX}_event_to_delivery_seconds",
                               "From the event's timestamp to Wigzo's 2xx",
                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))

@@ -11,10 +11,11 @@ import email.utils
 import math
 import random
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import timezone
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pipeline.config import DEFAULT_RETRY_STATUSES
 
@@ -127,28 +128,33 @@ class Failure:
     path: str = ""
 
 
-class FailureStreak:
-    """Counts, per kind of permanent failure, the distinct events that failed that way since the last delivery.
+Kind = TypeVar("Kind", bound=Hashable)
+
+
+class FailureStreak(Generic[Kind]):
+    """Counts, per kind of permanent failure, the distinct events that failed that way since the last success.
 
     One event rejected is the event's fault; `threshold` events in a row rejected the same way with nothing
     delivered in between is a configuration problem (a wrong base URL, a mapping Wigzo no longer accepts),
     and dead-lettering the whole stream would only make work for the operator. Each event counts once: a
-    judged event is final unless the streak is already systemic, and then it is held, not judged.
+    judged event is final unless the streak is already systemic, and then it is held, not judged. Wigzo's
+    answers count here by `Failure`; the mapping's rejections too (pipeline.kafka.mapping_streak).
     """
 
     def __init__(self, threshold: int) -> None:
         self._threshold = threshold
-        self._counts: dict[Failure, int] = {}
+        self._counts: dict[Kind, int] = {}
 
     def delivered(self) -> None:
-        self._counts.clear()
+        if self._counts:
+            self._counts.clear()
 
-    def failed(self, failure: Failure) -> bool:
+    def failed(self, failure: Kind) -> bool:
         """Count one more event failing this way; True when that makes it systemic."""
         count = self._counts[failure] = self._counts.get(failure, 0) + 1
         return count >= self._threshold
 
-    def systemic(self, failure: Failure) -> bool:
+    def systemic(self, failure: Kind) -> bool:
         return self._counts.get(failure, 0) >= self._threshold
 
 
@@ -187,7 +193,7 @@ class CircuitBreaker:
         self._policy = policy
         self._rng = rng
         self._window: deque[bool] = deque(maxlen=policy.circuit_window)  # True = failed
-        self.streak = FailureStreak(systemic_threshold)
+        self.streak: FailureStreak[Failure] = FailureStreak(systemic_threshold)
         self.state = Health.HEALTHY
         self._state_since = -math.inf
         self._unhealthy_since = 0.0

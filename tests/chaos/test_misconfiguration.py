@@ -1,7 +1,8 @@
 """Scenario 6: configurations that can never work. Wigzo answering 404 to everything (a wrong base URL) or 400 to
 everything must not flood the dead-letter topic: after WIGZO_SYSTEMIC_FAILURE_THRESHOLD events failing the same
 way (per route) delivery pauses and /readyz says why; once the operator fixes it, everything held is delivered.
-A missing topic and an unreachable broker make a batch run exit non-zero with the reason."""
+An event map that makes the mapping reject every event alike is held the same way, before any request. A
+missing topic and an unreachable broker make a batch run exit non-zero with the reason."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.config import Settings
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import Faults
-from tests.chaos.audit import Audit, ResultRow, audit, report
+from tests.chaos.audit import Audit, ResultRow, audit, read_letters, report
 from tests.chaos.conftest import WigzoFactory
 from tests.chaos.harness import (
     API_TOKEN,
@@ -139,6 +140,51 @@ def test_a_wrong_base_url_or_a_wigzo_refusing_everything_pauses_delivery_instead
     for row in rows:
         assert row.missing == 0, row
         assert row.retry_after_violations == 0
+    assert not members.leaked([ORG_TOKEN, API_TOKEN])
+
+
+def test_an_event_map_the_mapping_rejects_for_every_event_holds_them_instead_of_flooding_the_dlq(
+        kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
+    """Product Viewed mapped to Wigzo's order_completed: no viewed product has an order id, so every one is
+    rejected as MissingOrderId. Live, the member goes unready with the reason after THRESHOLD - 1 letters; a batch
+    run fails instead of claiming success; the fixed configuration delivers everything held."""
+    sandbox = wigzo()
+    topic = make_topic(partitions=1, prefix="chaos-mapping-streak")
+    viewed = (m for m in SampleStream(seed=66).messages(10**6) if m.kind == "track:Product Viewed")
+    produced = produce(kafka_bootstrap, topic, (next(viewed) for _ in range(scale.events(60))))
+    settings = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": f"{topic}-group", "WIGZO_BASE_URL": sandbox.url}
+    broken = {**settings, "WIGZO_EVENT_MAP": '{"Product Viewed": "order_completed"}'}
+
+    def mapping_held(member: Member) -> list[str]:
+        status, reasons = member.readyz()
+        return [reason for reason in reasons if status == 503 and "the mapping rejected" in reason]
+
+    live = members.start("mapping-broken-live", broken)
+    wait_for(lambda: bool(mapping_held(live)), 90, "/readyz 503 saying the mapping rejects every event alike")
+    reasons = mapping_held(live)
+    live_exit = stop_member(live)
+    after_live = len(read_letters(kafka_bootstrap, f"{topic}.dlq"))
+    batch = members.start("mapping-broken-batch", broken, "--exit-when-idle", "2")
+    batch_exit = batch.wait(timeout=120)
+    after_batch = len(read_letters(kafka_bootstrap, f"{topic}.dlq"))
+    fixed = members.start("mapping-fixed", settings, "--exit-when-idle", "2")
+    fixed_exit = fixed.wait(timeout=120)
+    result = audit(kafka_bootstrap, topic, produced, sandbox)
+    report(ResultRow.of("6 mapping rejects every event alike", result, None,
+                        f"{scale.name}; WIGZO_EVENT_MAP sends Product Viewed to order_completed; threshold "
+                        f"{THRESHOLD}; live run, then a batch run, then the fixed map", readyz=reasons,
+                        exits=[live_exit, batch_exit, fixed_exit]))
+
+    assert "MissingOrderId at properties.order_id" in reasons[0], reasons
+    assert live_exit == 0, live.tail()
+    assert after_live == THRESHOLD - 1, f"{after_live} dead letters from the live run"
+    assert batch_exit != 0, batch.tail()
+    assert "not caught up" in batch.output() and "WIGZO_EVENT_MAP" in batch.output(), batch.tail()
+    assert after_batch == 2 * (THRESHOLD - 1), "each run dead-letters no more than the threshold allows"
+    assert fixed_exit == 0, fixed.tail()
+    assert (result.missing, result.dead_lettered) == (0, after_batch), result
+    assert result.delivered == len(produced) - after_batch
     assert not members.leaked([ORG_TOKEN, API_TOKEN])
 
 

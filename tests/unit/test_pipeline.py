@@ -244,6 +244,8 @@ def map_event(event: dict[str, Any]) -> MappingDecision:
         return Skip("wigzo disabled for this event")
     if action == "reject":
         return Rejection("mapping", "Unmappable", "no Wigzo call for this event", field="event")
+    if action == "reject-other":
+        return Rejection("mapping", "Unmappable", "no Wigzo call for this event", field="other")
     if action == "crash":
         raise ValueError("mapping bug")
     return Deliver((WigzoRequest("POST", "/learn/event", (("token", "t"),), {"id": event["id"]}),))
@@ -929,3 +931,78 @@ def test_readiness_says_why_this_member_cannot_take_work(make_harness: Callable[
     harness.dead_letters.failure = None
     harness.client.accepting = True
     harness.stop()
+
+
+# ---- a streak of identical mapping rejections ----------------------------------------------------
+
+STREAK = Flow(drain_bound=WAIT, systemic_threshold=3)
+
+
+def dead_lettered(h: Harness) -> list[int]:
+    return sorted(record.offset() for record, _ in h.dead_letters.letters)
+
+
+def test_a_streak_of_identical_mapping_rejections_is_held_until_an_event_maps(
+        make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    h = make_harness()
+    h.consumer.feed(message(P0, 0), *(message(P0, n, "reject") for n in range(1, 7)))
+    pipeline = h.build(flow=STREAK)
+    h.start(pipeline)
+    wait_for(lambda: pipeline.mapping_streak.held == 4, "the streak's events from the third on held")
+    h.loops()
+    assert dead_lettered(h) == [1, 2], "only the events before the threshold are dead-lettered"
+    assert h.consumer.last_commit(P0) == 3, "nothing past the first held event is committed"
+    assert pipeline.readiness() == [pipeline.mapping_streak.problem()]
+    assert "rejected 6 events in a row the same way (Unmappable at event)" in pipeline.readiness()[0]
+    assert "4 held uncommitted" in pipeline.readiness()[0]
+
+    h.consumer.feed(message(P0, 7))  # maps: the mapping works, so the held events were bad data after all
+    wait_for(lambda: h.consumer.last_commit(P0) == 8, "everything committed")
+    assert dead_lettered(h) == [1, 2, 3, 4, 5, 6]
+    assert pipeline.readiness() == []
+    h.stop()
+    assert h.outcomes() == {(Outcome.DELIVERED, ""): 2, (Outcome.DEAD_LETTERED, "mapping"): 6}
+
+
+def test_rejections_with_a_mapped_event_between_them_are_each_dead_lettered(
+        make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    h = make_harness()
+    actions = ["reject", "reject", "skip", "reject", "reject-other", "reject", "deliver", "reject", "reject"]
+    h.consumer.feed(*(message(P0, n, action) for n, action in enumerate(actions)))
+    pipeline = h.build(flow=STREAK)
+    h.start(pipeline)
+    wait_for(lambda: h.consumer.last_commit(P0) == len(actions), "everything committed")
+    h.stop()
+    assert dead_lettered(h) == [0, 1, 3, 4, 5, 7, 8]
+    assert pipeline.mapping_streak.held == 0
+
+
+def test_a_released_partition_leaves_its_held_events_uncommitted(
+        make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    h = make_harness([P0, P1])
+    h.consumer.feed(*(message(P0, n, "reject") for n in range(5)))
+    pipeline = h.build(flow=STREAK)
+    h.start(pipeline)
+    wait_for(lambda: pipeline.mapping_streak.held == 3, "2, 3 and 4 held")
+    revoked = h.consumer.rebalance("revoke", [P0])
+    assert revoked.wait(WAIT)
+    h.stop()
+    assert dead_lettered(h) == [0, 1]
+    assert h.consumer.last_commit(P0) == 2, "the next owner reads the held events again"
+    assert (pipeline.stats.held, pipeline.mapping_streak.held) == (3, 0)
+    assert "Unmappable at event" in pipeline.stats.held_because
+    assert pipeline.readiness() == []
+
+
+def test_a_range_left_with_only_held_events_is_stuck_not_finished(
+        make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    h = make_harness([])
+    h.consumer.feed(*(message(P0, n, "reject") for n in range(6)))
+    pipeline = h.build(OffsetRanges({P0: (0, 6)}), flow=STREAK)
+    h.start(pipeline, stop_when=lambda: pipeline.finished() or pipeline.stuck())
+    h.join()  # stops by itself, instead of waiting for an event that would end the streak
+    assert h.error is None
+    assert not any(finished for _, _, finished in h.observed), "never finished: it stopped because stuck"
+    assert dead_lettered(h) == [0, 1]
+    assert h.consumer.last_commit(P0) == 2
+    assert pipeline.stats.held == 4
