@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,10 @@ class Finished:
 
 
 def run_processes(commands: Sequence[Sequence[str]], env: Mapping[str, str], logs: Sequence[Path],
-                  timeout: float, tree: bool = False) -> Finished:
+                  timeout: float, tree: bool = False, watch: Callable[[set[int]], None] | None = None) -> Finished:
     """Run `commands` side by side, each logging to its file, until all exit or `timeout` passes (then they are
-    killed). `tree`: the processes start children of their own, whose memory counts too."""
+    killed). `tree`: the processes start children of their own, whose memory counts too. `watch`, if given, is
+    called at every poll with the pids watched (exited ones included: their /proc status shows no memory)."""
     spawned_at = time.time()
     processes = []
     for command, log in zip(commands, logs, strict=True):
@@ -63,8 +64,10 @@ def run_processes(commands: Sequence[Sequence[str]], env: Mapping[str, str], log
                 watched |= _descendants(set(pending))
                 next_discovery = time.monotonic() + DISCOVER_SECONDS
             for pid in watched:
-                if (peak := _peak_rss_kb(pid)) is not None:
+                if (peak := status_kb(pid, "VmHWM")) is not None:
                     peaks[pid] = max(peaks.get(pid, 0), peak)
+            if watch:
+                watch(watched)
             for pid in list(pending):
                 done, status, usage = os.wait4(pid, os.WNOHANG)
                 if done:
@@ -89,13 +92,14 @@ def _kill(pending: Mapping[int, subprocess.Popen[bytes]]) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def _peak_rss_kb(pid: int) -> int | None:
-    """VmHWM, the process's peak RSS so far; None once it has exited (a zombie has no memory left to show)."""
+def status_kb(pid: int, field: str) -> int | None:
+    """A memory figure of /proc/PID/status in kB: VmHWM (peak RSS so far), VmRSS (RSS now); None once the
+    process has exited (a zombie has no memory left to show)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    line = next((line for line in status.splitlines() if line.startswith(f"{field}:")), None)
     return int(line.split()[1]) if line else None
 
 

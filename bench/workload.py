@@ -34,13 +34,14 @@ MIX: tuple[tuple[str, float], ...] = (("identify", 0.20), ("Product Viewed", 0.3
 Call = tuple[str, str, str]
 
 
-def make_events(count: int, users: int, seed: int) -> list[SampleMessage]:
-    """`count` JSON events (~630 bytes on average) from `users` users, keyed by user id as Segment keys them."""
+def make_events(count: int, users: int, seed: int, first_serial: int = 0) -> list[SampleMessage]:
+    """`count` JSON events (~640 bytes on average) from `users` users, keyed by user id as Segment keys them.
+    `first_serial` numbers the events on from an earlier batch (their timestamps and order ids)."""
     rng = random.Random(seed)
     names = [name for name, _ in MIX]
     weights = [share for _, share in MIX]
     events = []
-    for serial in range(count):
+    for serial in range(first_serial, first_serial + count):
         user = f"user-{rng.randrange(users):05d}"
         name = rng.choices(names, weights)[0]
         event = _track(rng, user, name, serial) if name != "identify" else _identify(rng, user, serial)
