@@ -67,7 +67,7 @@ class _Member:
 
 def _member_main(settings: Settings, quiet_seconds: float | None, health: MemberHealth) -> None:
     """A member process: the same run as `wigzo-pipeline run` alone, reporting health to the supervisor."""
-    from pipeline.ops.run import run_member  # imported here: the child sets up metrics before anything else
+    from pipeline.ops.member import run_member  # imported here: the child sets up metrics before anything else
     from pipeline.telemetry.logs import configure_for
 
     configure_for(settings)

@@ -71,7 +71,7 @@ def test_two_members_share_the_topic_and_one_port_reports_them_both(
             process.communicate()
     log = stderr.decode()
     assert process.returncode == 0, log[-3000:]
-    assert log.count("pipeline.ops.run: stopped: read") == 2, "both members ran and stopped cleanly"
+    assert log.count("pipeline.ops.member: stopped: read") == 2, "both members ran and stopped cleanly"
     assert consumed >= len(samples), "one port sums what every member consumed"
     settings = settings_for(kafka_bootstrap, topic, sandbox.url)
     assert not predicted_requests(settings, topic, samples) - received_requests(sandbox.control.received())

@@ -25,5 +25,15 @@ def test_run_imports_no_development_tooling() -> None:
     code, modules = result.stdout.splitlines()[-2:]
     loaded = set(modules.split())
     assert code == "2", "without a token `run` stops at its configuration check, after importing everything it uses"
-    assert {"pipeline.ops.run", "pipeline.kafka.pipeline", "pipeline.wigzo.client"} <= loaded
+    assert {"pipeline.ops.run", "pipeline.ops.member", "pipeline.kafka.pipeline", "pipeline.wigzo.client"} <= loaded
     assert not {name for name in loaded if name.startswith("pipeline.dev")}, loaded
+
+
+def test_the_workers_supervisor_loads_neither_kafka_nor_http() -> None:
+    """It only starts, watches and restarts members: each member loads the pipeline in its own process."""
+    script = ("import sys, pipeline.ops.run, pipeline.ops.supervisor; "
+              "print(' '.join(sorted(m for m in ('confluent_kafka', 'requests', 'fastavro', 'pipeline.kafka.pipeline') "
+              "if m in sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.strip() == ""

@@ -1,0 +1,126 @@
+"""One member of the consumer group, as `wigzo-pipeline run` starts it: alone (serving its own probes) or under
+the `--workers` supervisor (sharing its health), in live or batch mode (`--exit-when-idle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pipeline.config import Settings
+from pipeline.kafka.assignment import BrokerOffsets, GroupSubscription
+from pipeline.kafka.pipeline import Pipeline
+from pipeline.kafka.runner import build_pipeline, run_pipeline
+from pipeline.model import PipelineError
+from pipeline.telemetry.logs import KAFKA_LOGGER
+from pipeline.telemetry.probes import ProbeApp, ProbeServer
+
+if TYPE_CHECKING:
+    from pipeline.ops.supervisor import MemberHealth
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL = 0.5  # how often a supervised member shares its health
+
+
+class BatchRunFailed(PipelineError):
+    """A batch run could not start its work: it exits non-zero instead of claiming success."""
+
+
+def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
+    """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health)."""
+    offsets = (BrokerOffsets({**settings.kafka_client_config(), "logger": KAFKA_LOGGER}, settings.group_id)
+               if quiet_seconds is not None else None)  # only a batch run asks whether it is caught up
+    subscription = GroupSubscription(settings.topics, settings.dlq_topic, offsets)
+    try:
+        pipeline = build_pipeline(settings, subscription)
+    except PipelineError as exc:
+        if health is None:
+            raise
+        log.error("%s", exc)  # a supervised member has no CLI above it to print the message
+        return 2
+    conditions = [batch_end(pipeline, subscription, settings, quiet_seconds)] if quiet_seconds is not None else []
+    if health is not None:
+        conditions.append(_sharing(pipeline, health))
+    probes = (ProbeServer(ProbeApp(lambda: pipeline.last_poll, pipeline.readiness), settings.metrics_port).start()
+              if settings.metrics_port and health is None else None)
+    try:
+        run_pipeline(pipeline, settings, stop_when=(lambda: any([check() for check in conditions])) if conditions
+                     else None)
+    except PipelineError as exc:
+        if health is None:
+            raise
+        log.error("%s", exc)
+        return 2
+    finally:
+        if probes is not None:
+            probes.stop()
+    totals = pipeline.outcomes.totals()
+    log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
+             "after their partition was released (may be delivered again)", pipeline.stats.read,
+             ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
+             pipeline.stats.aborted + pipeline.stats.held, pipeline.stats.duplicate_risk)
+    if quiet_seconds is not None and pipeline.stats.held:
+        failure = BatchRunFailed(f"not caught up: {pipeline.stats.held} events left uncommitted because "
+                                 f"{pipeline.stats.held_because}")
+        if health is None:
+            raise failure
+        log.error("%s", failure)
+        return 2
+    return 0
+
+
+def _sharing(pipeline: Pipeline, health: MemberHealth) -> Callable[[], bool]:
+    """A stop condition that shares the member's health with its supervisor twice a second, and drains the
+    member if the supervisor is gone (killed outright): an orphan would hold partitions nobody watches."""
+    shared = [0.0]
+    supervisor = os.getppid()
+
+    def share() -> bool:
+        if pipeline.last_poll - shared[0] >= HEALTH_INTERVAL:
+            shared[0] = pipeline.last_poll
+            health.publish(pipeline.last_poll, pipeline.readiness())
+            if os.getppid() != supervisor and not pipeline.shutting_down:
+                log.warning("the supervisor is gone: draining and stopping this member")
+                pipeline.request_shutdown()
+        return False
+
+    return share
+
+
+def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Settings, quiet_seconds: float,
+              clock: Callable[[], float] = time.monotonic) -> Callable[[], bool]:
+    """The stop condition of a batch run: caught up and quiet for `quiet_seconds`; raises BatchRunFailed when
+    no partition was assigned within the start-up timeout."""
+    started = clock()
+    caught_up_since: list[float] = []
+
+    def done() -> bool:
+        now = clock()
+        if not subscription.assigned and now - started >= settings.startup_timeout:
+            raise BatchRunFailed(_why_no_partitions(pipeline, settings))
+        if pipeline.stuck():
+            return True  # only events a mapping streak holds are left: run_member says why and fails
+        if not pipeline.finished():
+            caught_up_since.clear()
+            return False
+        if not caught_up_since:
+            caught_up_since.append(now)
+        return now - caught_up_since[0] >= quiet_seconds
+
+    return done
+
+
+def _why_no_partitions(pipeline: Pipeline, settings: Settings) -> str:
+    waited = f"after {settings.startup_timeout:.0f}s (STARTUP_TIMEOUT)"
+    if problems := pipeline.watch.problems():
+        return f"no partition of {', '.join(settings.topics)} was assigned {waited}: " + "; ".join(problems)
+    if not pipeline.joined:
+        return (f"did not join consumer group {settings.group_id!r} {waited}; check KAFKA_BOOTSTRAP_SERVERS "
+                "and that the topics exist")
+    return (f"joined consumer group {settings.group_id!r} but was assigned no partition of "
+            f"{', '.join(settings.topics)} {waited}: the topics may not exist, or the group already has a member "
+            "for every partition")
