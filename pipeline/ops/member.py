@@ -27,7 +27,8 @@ HEALTH_INTERVAL = 0.5  # how often a supervised member shares its health
 
 
 class BatchRunFailed(PipelineError):
-    """A batch run could not start its work: it exits non-zero instead of claiming success."""
+    """A batch run could not do its work (never started, or left events held): it exits non-zero instead of
+    claiming success."""
 
 
 def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
