@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +172,39 @@ def machine() -> dict[str, Any]:
             "load_average_at_start": [round(value, 2) for value in load]}
 
 
+def announce(info: dict[str, Any], conditions: dict[str, Any]) -> None:
+    """The machine and the run's conditions, first thing on the terminal: figures mean nothing without them."""
+    print(f"machine: {info['cores']} cores ({info['usable_cores']} usable), Python {info['python']}, librdkafka "
+          f"{info['librdkafka']}, load average {info['load_average_at_start']}; {info['platform']}")
+    print("conditions: " + ", ".join(f"{key}={value}" for key, value in conditions.items()), flush=True)
+
+
+@contextmanager
+def sandbox_process(env: dict[str, str], *options: str) -> Iterator[tuple[str, int]]:
+    """The Wigzo sandbox in a process of its own, so its CPU is not the contender's: its URL and pid, and it is
+    stopped on the way out."""
+    sandbox = subprocess.Popen([sys.executable, "-m", "pipeline.dev.sandbox", "--host", "127.0.0.1", "--port", "0",
+                                "--org-token", ORG_TOKEN, *options], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert sandbox.stdout is not None
+        url = sandbox.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise SystemExit(f"the sandbox did not start (printed {url!r})")
+        yield url, sandbox.pid
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=60)
+
+
+def save(out: Path, info: dict[str, Any], document: dict[str, Any]) -> None:
+    """The results as JSON, with the load average at the end beside the one at the start."""
+    info["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps({**document, "machine": info}, option=orjson.OPT_INDENT_2))
+    print(f"\nload average at the end {info['load_average_at_end']}; results: {out}")
+
+
 def summarize(rows: list[dict[str, Any]], latencies: list[int], names: list[str]) -> list[dict[str, Any]]:
     """Per latency and contender, the medians over the repeats, with events/s relative to session-floor's."""
     summary = []
@@ -256,38 +291,25 @@ def main(argv: list[str] | None = None) -> int:
                   "naive_cap_s": args.naive_cap, "bootstrap": kafka["bootstrap.servers"], "seed": args.seed,
                   "smoke": args.smoke, "contenders": names}
     info = machine()
-    print(f"machine: {info['cores']} cores ({info['usable_cores']} usable), Python {info['python']}, librdkafka "
-          f"{info['librdkafka']}, load average {info['load_average_at_start']}; {info['platform']}")
-    print("conditions: " + ", ".join(f"{key}={value}" for key, value in conditions.items()), flush=True)
+    announce(info, conditions)
 
     topic = f"bench-{started:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
-    sandbox = subprocess.Popen([sys.executable, "-m", "pipeline.dev.sandbox", "--host", "127.0.0.1", "--port", "0",
-                                "--org-token", ORG_TOKEN], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        assert sandbox.stdout is not None
-        url = sandbox.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise SystemExit(f"the sandbox did not start (printed {url!r})")
-        ensure_topic(kafka, topic, args.partitions)
-        produce_samples(kafka, topic, events)
-        with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as workdir:
-            bench = Bench(args, env, topic, url, sandbox.pid, expected, Path(workdir) / "calls.json", Path(workdir),
-                          supervisor)
-            bench.calls_file.write_bytes(orjson.dumps(calls))
-            rows = run_rounds(bench, names)
+        with sandbox_process(env) as (url, sandbox_pid):
+            ensure_topic(kafka, topic, args.partitions)
+            produce_samples(kafka, topic, events)
+            with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as workdir:
+                bench = Bench(args, env, topic, url, sandbox_pid, expected, Path(workdir) / "calls.json",
+                              Path(workdir), supervisor)
+                bench.calls_file.write_bytes(orjson.dumps(calls))
+                rows = run_rounds(bench, names)
     finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=30)
         delete_topics(kafka, [topic, f"{topic}.dlq"])
 
     summary = summarize(rows, args.latencies, names)
     for latency in args.latencies:
         print_table(summary, latency, args, len(expected))
-    info["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps({"started_at": started.isoformat(), "machine": info, "conditions": conditions,
-                                  "summary": summary, "runs": rows}, option=orjson.OPT_INDENT_2))
-    print(f"\nload average at the end {info['load_average_at_end']}; results: {out}")
+    save(out, info, {"started_at": started.isoformat(), "conditions": conditions, "summary": summary, "runs": rows})
     return 0 if all(row["ok"] for row in rows) else 1
 
 

@@ -13,11 +13,9 @@ missing events. bench/README.md says what each figure means and how to read them
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import requests
-from measure import ROOT, Finished, run_processes, status_kb
-from pipeline_bench import child_env, machine
+from measure import Finished, run_processes, status_kb
+from pipeline_bench import announce, child_env, machine, sandbox_process, save
 from workload import ORG_TOKEN, delete_topics, make_events
 
 from pipeline.config import load_settings
@@ -80,8 +77,8 @@ class Sampler:
         self.samples.append(sample)
         if now >= self.next_print:
             self.next_print += PRINT_SECONDS
-            print(f"  {sample.elapsed_s:>6.0f} s  {sample.delivered:>10,} delivered  RSS {sample.rss_kb / 1024:7.1f} MB",
-                  flush=True)
+            print(f"  {sample.elapsed_s:>6.0f} s  {sample.delivered:>10,} delivered  "
+                  f"RSS {sample.rss_kb / 1024:7.1f} MB", flush=True)
 
 
 def rss_figures(samples: Sequence[Sample], warmup: int) -> dict[str, Any]:
@@ -235,48 +232,36 @@ def main(argv: list[str] | None = None) -> int:
                   "warmup": args.warmup, "timeout_s": args.timeout, "seed": args.seed,
                   "bootstrap": kafka["bootstrap.servers"]}
     info = machine()
-    print(f"machine: {info['cores']} cores ({info['usable_cores']} usable), Python {info['python']}, librdkafka "
-          f"{info['librdkafka']}, load average {info['load_average_at_start']}; {info['platform']}")
-    print("conditions: " + ", ".join(f"{key}={value}" for key, value in conditions.items()), flush=True)
+    announce(info, conditions)
 
     topic = f"soak-{started:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
-    sandbox = subprocess.Popen([sys.executable, "-m", "pipeline.dev.sandbox", "--host", "127.0.0.1", "--port", "0",
-                                "--org-token", ORG_TOKEN, "--latency-ms", str(args.latency_ms)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        assert sandbox.stdout is not None
-        url = sandbox.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise SystemExit(f"the sandbox did not start (printed {url!r})")
-        ensure_topic(kafka, topic, args.partitions)
-        produced = produce(kafka, topic, args)
-        print(f"produced {args.events:,} events ({produced['mean_event_bytes']:.0f} B mean) to {topic} in "
-              f"{produced['produce_s']:.1f} s, {produced['generate_s']:.1f} s of it generating them", flush=True)
-        with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
-            log = Path(workdir) / "pipeline.log"
-            finished, exited_at, samples = run_pipeline(args, env, topic, url, log)
-            sandbox_rss = status_kb(sandbox.pid, "VmRSS")
-            result = {"exit_codes": list(finished.exit_codes), "timed_out": finished.timed_out,
-                      **deliveries(url, args.events, finished, exited_at), "cpu_s": finished.cpu_seconds,
-                      **rss_figures(samples, args.warmup), "rss_hwm_mb": finished.peak_rss_kb / 1024,
-                      "sandbox_rss_mb": sandbox_rss / 1024 if sandbox_rss else None, "log_bytes": log.stat().st_size}
-            result["cpu_ms_per_1k"] = finished.cpu_seconds * 1e6 / result["delivered"] if result["delivered"] else None
-            result["ok"] = result["exit_codes"] == [0] and not finished.timed_out and result["missing"] == 0
-            if not result["ok"]:
-                print(f"the pipeline did not finish cleanly; its output ends:\n"
-                      f"{log.read_bytes()[-3000:].decode(errors='replace')}", flush=True)
+        with sandbox_process(env, "--latency-ms", str(args.latency_ms)) as (url, sandbox_pid):
+            ensure_topic(kafka, topic, args.partitions)
+            produced = produce(kafka, topic, args)
+            print(f"produced {args.events:,} events ({produced['mean_event_bytes']:.0f} B mean) to {topic} in "
+                  f"{produced['produce_s']:.1f} s, {produced['generate_s']:.1f} s of it generating them", flush=True)
+            with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
+                log = Path(workdir) / "pipeline.log"
+                finished, exited_at, samples = run_pipeline(args, env, topic, url, log)
+                sandbox_rss = status_kb(sandbox_pid, "VmRSS")
+                result = {"exit_codes": list(finished.exit_codes), "timed_out": finished.timed_out,
+                          **deliveries(url, args.events, finished, exited_at), "cpu_s": finished.cpu_seconds,
+                          **rss_figures(samples, args.warmup), "rss_hwm_mb": finished.peak_rss_kb / 1024,
+                          "sandbox_rss_mb": sandbox_rss / 1024 if sandbox_rss else None,
+                          "log_bytes": log.stat().st_size}
+                result["cpu_ms_per_1k"] = (finished.cpu_seconds * 1e6 / result["delivered"] if result["delivered"]
+                                           else None)
+                result["ok"] = result["exit_codes"] == [0] and not finished.timed_out and result["missing"] == 0
+                if not result["ok"]:
+                    print(f"the pipeline did not finish cleanly; its output ends:\n"
+                          f"{log.read_bytes()[-3000:].decode(errors='replace')}", flush=True)
     finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=60)
         delete_topics(kafka, [topic, f"{topic}.dlq"])
 
     print_summary(result, args)
-    info["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps({"started_at": started.isoformat(), "machine": info, "conditions": conditions,
-                                  "produced": produced, "result": result, "samples": samples},
-                                 option=orjson.OPT_INDENT_2))
-    print(f"\nload average at the end {info['load_average_at_end']}; results: {out}")
+    save(out, info, {"started_at": started.isoformat(), "conditions": conditions, "produced": produced,
+                     "result": result, "samples": samples})
     return 0 if result["ok"] else 1
 
 
