@@ -310,8 +310,6 @@ class Pipeline:
             self._mapping_rejected(HeldEvent(state, record, offset, self._first_failure(decision)))
             return
         if held := self.mapping_streak.mapped():
-            log.warning("an event mapped again: the %d events held by the mapping streak were bad data after all; "
-                        "dead-lettering them", len(held))
             self._dead_letter_held(held)
         if isinstance(decision, Skip):
             self._finish(state, offset, Outcome.SKIPPED, decision.reason)
@@ -331,6 +329,9 @@ class Pipeline:
             log.error("%s", self.mapping_streak.problem())
 
     def _dead_letter_held(self, held: list[HeldEvent]) -> None:
+        """An event mapped again: the streak's held events were bad data after all."""
+        log.warning("an event mapped again: the %d events held by the mapping streak were bad data after all; "
+                    "dead-lettering them", len(held))
         metrics.MAPPING_HELD.set(self.mapping_streak.held)
         for event in held:
             self._dead_letter(event.state, event.record, event.offset, event.letter)
