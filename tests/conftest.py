@@ -4,6 +4,7 @@ and uniquely named topics that are deleted after each test."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline.dev.local_kafka import LocalKafka, SaslListener, default_home
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll until `condition` holds; the seconds it took, or an AssertionError naming `what`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

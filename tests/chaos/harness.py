@@ -82,16 +82,6 @@ def free_port_run(count: int, attempts: int = 50) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
-    """Poll until `condition` holds; the seconds it took, or an AssertionError naming `what`."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 # ---- Wigzo ---------------------------------------------------------------------------------------------------
 
 

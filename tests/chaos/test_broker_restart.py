@@ -29,8 +29,8 @@ from tests.chaos.harness import (
     own_broker,
     produce,
     stop_member,
-    wait_for,
 )
+from tests.conftest import wait_for
 
 PARTITIONS = 6
 RESUME_BOUND = 60.0  # seconds from the broker's return until the group commits again

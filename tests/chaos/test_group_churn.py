@@ -28,9 +28,8 @@ from tests.chaos.harness import (
     at_rate,
     committed_to_end,
     stop_member,
-    wait_for,
 )
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 
 PARTITIONS = 12
 MEMBERS = 3

@@ -31,9 +31,8 @@ from tests.chaos.harness import (
     free_port,
     produce,
     stop_member,
-    wait_for,
 )
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 
 THRESHOLD = Settings().systemic_failure_threshold  # the default, which these runs keep
 ROUTES = 2  # identify and event: a streak is counted per route, since each answers for itself

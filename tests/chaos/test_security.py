@@ -34,9 +34,8 @@ from tests.chaos.harness import (
     free_port,
     produce,
     stop_member,
-    wait_for,
 )
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 
 
 def _secret_file(directory: Path, name: str, value: str) -> Path:

@@ -36,9 +36,8 @@ from tests.chaos.harness import (
     ahead_of,
     committed_to_end,
     stop_member,
-    wait_for,
 )
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 
 WINDOW = 2.0           # seconds of throughput that count as "back"
 RECOVERY_LIMIT = 10.0  # seconds after a fault clears by which throughput must be back

@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dev.samples import SampleStream
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 from tests.integration.pipeline_harness import everything_committed, free_port, produce, read_all
 
@@ -45,15 +45,6 @@ def _outcome_counters(port: int) -> dict[str, float]:
     return totals
 
 
-def _wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_metrics_probes_and_json_logs_of_a_real_run(kafka_bootstrap: str, make_topic: TopicFactory,
                                                     sandbox: Sandbox) -> None:
     topic = make_topic(partitions=3)
@@ -67,18 +58,18 @@ def test_metrics_probes_and_json_logs_of_a_real_run(kafka_bootstrap: str, make_t
                      "--exit-when-idle", "3")
     health: list[int] = []
     try:
-        _wait_for(lambda: _probe(port, "/readyz") == 200, 60, "the member to be ready")
+        wait_for(lambda: _probe(port, "/readyz") == 200, 60, "the member to be ready")
         health.append(_get(port, "/healthz").status_code)
 
         sandbox.control.set_faults(unauthorized=True)  # the token is rejected: delivery pauses, not ready
-        _wait_for(lambda: _probe(port, "/readyz") == 503, 30, "/readyz to turn 503 while the token is rejected")
+        wait_for(lambda: _probe(port, "/readyz") == 503, 30, "/readyz to turn 503 while the token is rejected")
         reasons = _get(port, "/readyz").json()["reasons"]
         assert any("auth" in reason for reason in reasons), reasons
         health.append(_get(port, "/healthz").status_code)
         sandbox.control.set_faults(unauthorized=False)
-        _wait_for(lambda: _probe(port, "/readyz") == 200, 30, "/readyz to recover once the token is accepted")
+        wait_for(lambda: _probe(port, "/readyz") == 200, 30, "/readyz to recover once the token is accepted")
 
-        _wait_for(lambda: everything_committed(kafka_bootstrap, group, topic, 3), 120, "the topic to be drained")
+        wait_for(lambda: everything_committed(kafka_bootstrap, group, topic, 3), 120, "the topic to be drained")
         health.append(_get(port, "/healthz").status_code)
         scraped = _outcome_counters(port)
         stdout, stderr = process.communicate(timeout=60)

@@ -27,6 +27,7 @@ from pipeline.model import (
 )
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy
+from tests.conftest import wait_for
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -66,13 +67,6 @@ def deliver_all(client: WigzoClient, requests: Sequence[WigzoRequest], workers: 
     stop = stop or threading.Event()
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda r: client.deliver(r, stop), requests))
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -189,7 +183,7 @@ def test_a_401_phase_dead_letters_nothing_and_logs_one_error(
     stop = threading.Event()
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client.deliver, identify(f"k{n}", f"user{n}"), stop) for n in range(20)]
-        wait_for(lambda: client.state == "auth_failed")
+        wait_for(lambda: client.state == "auth_failed", 10, "auth_failed", interval=0.01)
         assert not client.accepting_work()
         time.sleep(1.0)  # several slow probes, all rejected
         assert not any(f.done() for f in futures)
@@ -257,7 +251,7 @@ def test_stop_interrupts_a_retry_after_wait(sandbox: Sandbox, make_client: Any) 
     outcome: list[DeliveryResult] = []
     worker = threading.Thread(target=lambda: outcome.append(client.deliver(identify("k"), stop)))
     worker.start()
-    wait_for(lambda: len(sandbox.control.attempts()) == 1)
+    wait_for(lambda: len(sandbox.control.attempts()) == 1, 10, "the first attempt", interval=0.01)
     stop.set()
     worker.join(timeout=5)
     assert outcome == [Aborted(1)]
@@ -270,7 +264,7 @@ def test_stop_interrupts_the_wait_for_an_open_circuit(sandbox: Sandbox, make_cli
     with ThreadPoolExecutor(8) as pool:
         futures: list[Future[DeliveryResult]] = [pool.submit(client.deliver, identify(f"k{n}"), stop)
                                                  for n in range(16)]
-        wait_for(lambda: client.state == "circuit_open")
+        wait_for(lambda: client.state == "circuit_open", 10, "circuit_open", interval=0.01)
         stop.set()
         results = [f.result(timeout=5) for f in futures]
     assert all(isinstance(r, Aborted) for r in results)
@@ -300,7 +294,7 @@ def test_network_errors_never_leak_the_tokens(make_client: Any, caplog: pytest.L
     results = []
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(client.deliver, identify(f"k{n}"), stop) for n in range(12)]
-        wait_for(lambda: client.state == "circuit_open")
+        wait_for(lambda: client.state == "circuit_open", 10, "circuit_open", interval=0.01)
         stop.set()
         results = [f.result(timeout=5) for f in futures]
     assert all(isinstance(r, Aborted) for r in results)
@@ -357,7 +351,7 @@ def test_a_wrong_base_url_dead_letters_at_most_the_threshold_and_holds_the_rest(
     stop = threading.Event()
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client.deliver, identify(f"k{n}", f"user{n}"), stop) for n in range(30)]
-        wait_for(lambda: client.state == "misconfigured")
+        wait_for(lambda: client.state == "misconfigured", 10, "misconfigured", interval=0.01)
         assert not client.accepting_work()
         time.sleep(1.0)  # several probes, all refused the same way: still nothing more dead-lettered
         assert sum(isinstance(f.result(), DeliveryFailed) for f in futures if f.done()) <= 5
@@ -381,7 +375,7 @@ def test_events_held_while_every_event_is_refused_are_delivered_once_wigzo_accep
     stop = threading.Event()
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client.deliver, track(f"k{n}", names[n % 2], f"user{n}"), stop) for n in range(30)]
-        wait_for(lambda: client.state == "misconfigured")
+        wait_for(lambda: client.state == "misconfigured", 10, "misconfigured", interval=0.01)
         time.sleep(1.0)  # probes refused meanwhile
         assert "Wigzo refuses every event the same way" in client.problem
         sandbox.control.set_faults(reject_event_names=[])
@@ -407,7 +401,7 @@ def test_requests_left_hanging_do_not_hold_delivery_at_zero_once_wigzo_answers(
     stop = threading.Event()
     with ThreadPoolExecutor(4 + 4) as pool:  # the spare threads the executor would start for stalled tasks
         hanging = [pool.submit(client.deliver, identify(f"h{n}", f"user{n}"), stop) for n in range(4)]
-        wait_for(lambda: len(sandbox.control.attempts()) == 4)
+        wait_for(lambda: len(sandbox.control.attempts()) == 4, 10, "four attempts", interval=0.01)
         sandbox.control.set_faults(fail_first_attempts=0)  # Wigzo answers again
         started = time.monotonic()
         assert client.deliver(identify("fresh", "someone"), stop) == Delivered(200, 1)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dev.samples import SampleStream
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 from tests.integration.pipeline_harness import (
     everything_committed,
@@ -60,9 +59,8 @@ def test_two_members_share_the_topic_and_one_port_reports_them_both(
                       "METRICS_PORT": str(port)}, "--exit-when-idle", "3")
     consumed = 0.0
     try:
-        deadline = time.monotonic() + 120
-        while not everything_committed(kafka_bootstrap, group, topic, 6) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for(lambda: everything_committed(kafka_bootstrap, group, topic, 6), 120, "everything committed",
+                 interval=0.5)
         consumed = _consumed_total(port)
         _, stderr = process.communicate(timeout=60)
     finally:
@@ -87,19 +85,15 @@ def test_a_killed_member_is_restarted_and_sigterm_drains_every_member(
     process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
                       "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN, "METRICS_PORT": "0"})
     try:
-        deadline = time.monotonic() + 60
-        while sandbox.control.count() < 300 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: sandbox.control.count() >= 300, 60, "300 deliveries", interval=0.1)
         members = _members(process.pid)
         assert len(members) == 2, members
         os.kill(members[0], signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while (len(_members(process.pid)) < 2 or members[0] in _members(process.pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: len(_members(process.pid)) == 2 and members[0] not in _members(process.pid), 30,
+                 "the killed member to be replaced")
         assert len(_members(process.pid)) == 2, "the killed member was replaced"
-        deadline = time.monotonic() + 180
-        while not everything_committed(kafka_bootstrap, group, topic, 4) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for(lambda: everything_committed(kafka_bootstrap, group, topic, 4), 180, "everything committed",
+                 interval=0.5)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=90)
     finally:
