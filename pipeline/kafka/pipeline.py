@@ -490,7 +490,7 @@ class Pipeline:
                 self._consumer.list_topics(timeout=1.0)
             except KafkaException:
                 return
-            self.watch.reached()
+            self.watch.reached(topics=False)
 
     def _release(self, keys: list[PartitionKey], *, commit: bool) -> None:
         """Finish the work already read for these partitions (bounded), make their dead letters durable,

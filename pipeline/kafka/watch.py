@@ -63,9 +63,11 @@ class KafkaWatch:
         else:
             log.warning("Kafka reported: %s", error.str())
 
-    def reached(self) -> None:
-        """Kafka answered (an assignment, messages, a commit): problems of reaching it are over."""
-        for kind in ("unreachable", "missing topic"):
+    def reached(self, *, topics: bool = True) -> None:
+        """Kafka answered: problems of reaching it are over. An answer about our topics (an assignment, which
+        librdkafka makes only once the subscribed topics exist, or a commit) also ends a missing topic; a bare
+        metadata answer (`topics=False`) does not, or a member would say its still missing topic was found."""
+        for kind in ("unreachable", "missing topic") if topics else ("unreachable",):
             if (problem := self._problems.pop(kind, None)) is not None:
                 log.info("Kafka: %s resolved after %.0fs (%d reports)", kind, self._clock() - problem.since,
                          problem.count)

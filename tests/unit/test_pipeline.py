@@ -933,6 +933,19 @@ def test_readiness_says_why_this_member_cannot_take_work(make_harness: Callable[
     harness.stop()
 
 
+def test_the_kafka_probe_ends_an_outage_but_not_a_missing_topic(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness([])
+    ticks = iter(range(0, 10**9, 100))  # every look at the clock is 100 s later: every pass probes Kafka
+    pipeline = h.build(clock=lambda: float(next(ticks)))
+    h.start(pipeline)
+    h.loops()
+    h.consumer.feed(Message(topic=TOPIC, error=KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")),
+                    Message(topic=TOPIC, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "no topic events")))
+    h.loops()
+    assert pipeline.readiness() == ["Kafka missing topic: no topic events"], "the metadata answer ended the outage"
+    h.stop()
+
+
 # ---- a streak of identical mapping rejections ----------------------------------------------------
 
 STREAK = Flow(drain_bound=WAIT, systemic_threshold=3)

@@ -105,6 +105,17 @@ def test_a_missing_topic_is_a_problem_not_a_failure() -> None:
     assert watch.problems() == ["missing topic: Subscribed topic not available: nope"]
 
 
+def test_a_metadata_answer_ends_unreachable_but_not_a_missing_topic(kafka_log: io.StringIO) -> None:
+    watch = KafkaWatch("b")
+    watch.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    watch.on_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Subscribed topic not available: nope"))
+    watch.reached(topics=False)
+    assert watch.problems() == ["missing topic: Subscribed topic not available: nope"]
+    assert "unreachable resolved" in kafka_log.getvalue() and "missing topic resolved" not in kafka_log.getvalue()
+    watch.reached()
+    assert watch.problems() == []
+
+
 def _call(app: ProbeApp, path: str) -> tuple[str, bytes]:
     seen: list[str] = []
     body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""},
