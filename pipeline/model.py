@@ -157,14 +157,19 @@ class Delivered:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryFailed:
-    """Permanent for this event: the consumer dead-letters it with this context."""
+class DeadLetter:
+    """A rejection on its way to the dead-letter topic, with how often and when it failed."""
 
     rejection: Rejection
     attempts: int
-    first_failure: float
+    first_failure: float  # epoch seconds
     last_failure: float
-    history: tuple[str, ...]
+    history: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailed(DeadLetter):
+    """Permanent for this event: the dead letter delivery gives up with, sent to the dead-letter topic as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,19 +184,10 @@ DeliveryResult = Delivered | DeliveryFailed | Aborted
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """A delivery not finished yet: step it again after `seconds`, or as soon as `resumed` is set (delivery
-    paused for everyone and resumed). Whoever runs the steps waits without holding a thread."""
+    """Work not finished yet: step it again after `seconds`, or as soon as one of `wake` is set (delivery
+    resumed for everyone, the partition stopped). Whoever runs the steps waits without holding a thread."""
 
     seconds: float
-    resumed: threading.Event | None = None
+    wake: tuple[threading.Event, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejection on its way to the dead-letter topic, with how often and when it failed."""
-
-    rejection: Rejection
-    attempts: int
-    first_failure: float  # epoch seconds
-    last_failure: float
-    history: tuple[str, ...] = ()

@@ -3,15 +3,20 @@
 Every input format (Confluent-framed Avro, plain Avro, Segment's own JSON) ends in the same plain
 JSON-like dict, checked against the Avro schemas in ``schemas/``. Bad input never raises: it becomes a
 Rejection the consumer can dead-letter. The single exception is SchemaRegistryUnavailable, because an
-unreachable registry is not the message's fault and dead-lettering would lose good events.
+unreachable registry is not the message's fault and dead-lettering would lose good events: the decoder waits
+a registry outage out (`RegistryPatience`) and raises only once its patience is spent.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -54,8 +59,36 @@ _AVRO_PRIMITIVES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 class SchemaRegistryUnavailable(PipelineError):
-    """The registry could not answer; retry later rather than dead-letter the message."""
+    """The registry could not answer for longer than the decoder's patience: halt without committing rather than
+    dead-letter good events."""
+
+
+@dataclass
+class RegistryPatience:
+    """How long a registry outage is waited out, with backoff, before decoding gives up; `stop` (set on shutdown)
+    ends the wait at once. The default stays well under max.poll.interval.ms (300 s), so the group keeps the
+    member meanwhile."""
+
+    seconds: float = 120.0
+    clock: Callable[[], float] = time.monotonic
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def ask(self, question: Callable[[], Any]) -> Any:
+        """`question`'s answer, asked again while it raises SchemaRegistryUnavailable, until patience runs out."""
+        delay, deadline = 1.0, self.clock() + self.seconds
+        while True:
+            try:
+                return question()
+            except SchemaRegistryUnavailable as exc:
+                if self.clock() + delay > deadline or self.stop.is_set():
+                    raise
+                log.warning("%s; retrying in %.0fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +223,9 @@ def _read_plan(writer: Any, contract: _Contract) -> _ReadPlan | Rejection:
 class EventDecoder:
     """Per-topic decoding of Kafka values into Segment events; build once, call decode per message."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, patience: RegistryPatience | None = None) -> None:
         self._contract = _contract()
+        self._patience = patience or RegistryPatience()
         self._max_bytes = settings.max_event_bytes
         self._formats = dict(settings.input_formats)
         self._default_format = self._formats.pop("*", "auto")
@@ -274,7 +308,7 @@ class EventDecoder:
             return Rejection("decode", "TruncatedHeader", "message is shorter than the Confluent header",
                              expected="0x00 + 4-byte schema id + Avro body", found=f"{len(value)} bytes")
         schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER], "big")
-        plan = self._plans.get(schema_id) or self._fetch_plan(schema_id)
+        plan = self._plans.get(schema_id) or self._patience.ask(lambda: self._fetch_plan(schema_id))
         if type(plan) is Rejection:
             return plan
         return self._read_avro(value, _CONFLUENT_HEADER, plan)

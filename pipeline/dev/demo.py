@@ -24,8 +24,8 @@ from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.dead_letters import error_headers
-from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
+from pipeline.kafka.status import Status
 from pipeline.model import Secret
 from pipeline.telemetry.logs import configure_logging
 
@@ -70,13 +70,14 @@ def main(args: argparse.Namespace) -> int:
         group_id=f"demo-{topic}", wigzo_base_url=sandbox.url, wigzo_org_token=Secret(DEMO_ORG_TOKEN),
         max_in_flight=args.max_in_flight)
     pipeline = build_pipeline(settings, GroupSubscription(settings.topics, settings.dlq_topic))
+    status = pipeline.status
     run_started = time.monotonic()
     first_read: list[float] = []  # the group join takes a moment; the rate counts from the first message
 
     def drained() -> bool:
-        if not first_read and pipeline.stats.read:
+        if not first_read and status.stats.read:
             first_read.append(time.monotonic())
-        return pipeline.stats.read >= len(samples) and not pipeline.outstanding()
+        return status.stats.read >= len(samples) and not status.outstanding()
 
     run_pipeline(pipeline, settings, stop_when=drained)
     finished = time.monotonic()
@@ -84,23 +85,23 @@ def main(args: argparse.Namespace) -> int:
           f"{finished - first_read[0]:.1f}s")
     elapsed = finished - first_read[0]
 
-    _report(pipeline, control, settings.dlq_topic_for(topic), bootstrap, len(samples), elapsed)
+    _report(status, control, settings.dlq_topic_for(topic), bootstrap, len(samples), elapsed)
     sandbox.stop()
     print(f"\nDemo finished in {time.monotonic() - started:.1f}s. Kafka keeps running; "
           "stop it with: .venv/bin/wigzo-pipeline kafka stop")
     return 0
 
 
-def _report(pipeline: Pipeline, control: SandboxControl, dlq_topic: str, bootstrap: str, produced: int,
+def _report(status: Status, control: SandboxControl, dlq_topic: str, bootstrap: str, produced: int,
             elapsed: float) -> None:
-    totals = pipeline.outcomes.totals()
-    print(f"\n== Outcomes ({pipeline.stats.read} read of {produced} produced, "
-          f"{pipeline.stats.read / elapsed:,.0f} messages/s) ==")
-    print(pipeline.outcomes.report())
+    totals = status.outcomes.totals()
+    print(f"\n== Outcomes ({status.stats.read} read of {produced} produced, "
+          f"{status.stats.read / elapsed:,.0f} messages/s) ==")
+    print(status.outcomes.report())
     received = control.received()
     print(f"\nThe Wigzo sandbox accepted {len(received)} requests "
           f"({len(control.duplicates())} idempotency keys seen more than once); "
-          f"pipeline counted {sum(totals.values())} outcomes for {pipeline.stats.read} messages")
+          f"pipeline counted {sum(totals.values())} outcomes for {status.stats.read} messages")
     print("\n== Example Wigzo requests ==")
     shown: set[str] = set()
     for request in received:

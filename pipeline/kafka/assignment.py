@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from pipeline.kafka.checkpoint import PartitionKey
+from pipeline.kafka.ledger import PartitionKey
 from pipeline.model import PipelineError
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Generic, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
@@ -49,6 +51,7 @@ HEADER_FRAMING = 10
 COMPRESSION_HEADROOM = 10
 PRODUCER_MESSAGE_MAX_BYTES = (1000, 1_000_000_000)  # librdkafka's range for message.max.bytes
 ADMIN_TIMEOUT = 30.0  # seconds for each start-up question to the broker
+Ticket = TypeVar("Ticket")
 
 
 class DeadLetterWriteError(PipelineError):
@@ -116,7 +119,7 @@ class Letter:
     timestamp: int
     stage: str
     source: tuple[str, int, int]  # the original's topic, partition, offset (for logs)
-    on_durable: Callable[[], None]
+    ticket: object  # the writer's caller's, handed back by `poll` once the broker acknowledged the letter
     truncated: bool = False
 
     def size(self) -> int:
@@ -150,9 +153,10 @@ def producer_sizing(limit: int) -> dict[str, int]:
             "message.max.bytes": min(max(limit * COMPRESSION_HEADROOM, low), high)}
 
 
-class DeadLetterWriter:
+class DeadLetterWriter(Generic[Ticket]):
     """Writes dead letters from the polling thread only (like the rest of the pipeline's Kafka state), so
-    nothing here needs a lock."""
+    nothing here needs a lock. Acknowledged letters come back as their tickets from `poll`: nothing of the
+    caller's runs inside the producer's callbacks."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -163,6 +167,7 @@ class DeadLetterWriter:
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
         self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
         self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
+        self._acknowledged: deque[Ticket] = deque()  # tickets of letters the broker acknowledged, for `poll`
         self.failure: DeadLetterWriteError | None = None
 
     def prepare(self, source_topics: Iterable[str]) -> None:
@@ -181,8 +186,8 @@ class DeadLetterWriter:
         for topic, sources in feeding.items():
             self._open(topic, sources)
 
-    def write(self, record: Message, letter: DeadLetter, on_durable: Callable[[], None]) -> None:
-        """Queue the dead letter; `on_durable` runs (from `poll` or `flush`) once the broker has acknowledged it."""
+    def write(self, record: Message, letter: DeadLetter, ticket: Ticket) -> None:
+        """Queue the dead letter; `poll` hands `ticket` back once the broker has acknowledged it."""
         source = record.topic() or ""
         topic = self._settings.dlq_topic_for(source)
         if topic not in self._limits:
@@ -193,12 +198,17 @@ class DeadLetterWriter:
                           headers=original_headers(record.headers()),
                           context=context_headers(record, letter, self.scrub),
                           timestamp=timestamp if timestamp_type else 0, stage=letter.rejection.stage,
-                          source=(source, record.partition(), record.offset()), on_durable=on_durable))
+                          source=(source, record.partition(), record.offset()), ticket=ticket))
 
-    def poll(self) -> None:
+    def poll(self) -> list[Ticket]:
+        """Serve the producers' callbacks; the tickets of the letters acknowledged since the last call (by
+        this poll or an earlier `flush`)."""
         for producer in self._producers.values():
             producer.poll(0)
         self._store_refused()
+        acknowledged = list(self._acknowledged)
+        self._acknowledged.clear()
+        return acknowledged
 
     def flush(self, timeout: float) -> bool:
         """Wait for every queued dead letter to be acknowledged; False if some are still pending."""
@@ -234,7 +244,7 @@ class DeadLetterWriter:
             metrics.DLQ_WRITES.labels(letter.stage).inc()
             if letter.truncated:
                 metrics.DLQ_TRUNCATED.labels(letter.stage).inc()
-            letter.on_durable()
+            self._acknowledged.append(letter.ticket)  # type: ignore[arg-type]
         elif error.code() == KafkaError.MSG_SIZE_TOO_LARGE and not letter.truncated:
             self._refused.append(letter)
         elif self.failure is None:

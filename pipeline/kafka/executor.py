@@ -7,7 +7,7 @@ Workers always take the oldest ready task (by submission order). The oldest unfi
 partition caps its commit position, so serving oldest-first keeps commits close behind deliveries
 and keeps what a crash repeats small; a plain FIFO pool lets one busy user's backlog hold it back.
 
-A task that is not finished returns `Later`: it runs again after that many seconds, or as soon as one
+A task that is not finished returns a `Wait`: it runs again after that many seconds, or as soon as one
 of its wake events is set (a stop, delivery resuming). Its key stays held meanwhile, so the key's later
 tasks keep waiting behind it, but no thread waits for it: a timer thread puts it back among the ready
 tasks in its original place, and the workers serve other keys meanwhile. A task running for longer than
@@ -24,22 +24,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from queue import SimpleQueue
+from typing import Any, Generic, Protocol, TypeVar
+
+from confluent_kafka import Message
+
+from pipeline.model import (
+    Aborted,
+    Delivered,
+    DeliveryFailed,
+    DeliveryResult,
+    Rejection,
+    Wait,
+    WigzoRequest,
+)
+from pipeline.telemetry import metrics
+from pipeline.telemetry.logs import message_fields
 
 log = logging.getLogger(__name__)
 
 WAKE_POLL = 0.05  # how often wake events are checked: a threading.Event cannot call anyone back
 
 
-@dataclass(frozen=True, slots=True)
-class Later:
-    """A task's answer when it is not finished: run it again after `seconds`, or once one of `wake` is set."""
-
-    seconds: float
-    wake: tuple[threading.Event, ...] = ()
-
-
-Task = Callable[[], object]  # returns a Later when not finished
+Task = Callable[[], object]  # returns a Wait when not finished
 
 
 @dataclass(eq=False, slots=True)
@@ -52,9 +61,9 @@ class _Delayed:
 
 
 class OrderedExecutor:
-    def __init__(self, workers: int, name: str = "deliver", *, stall_after: float = 3.0) -> None:
-        """`stall_after` matches the Wigzo client's (DeliveryPolicy.stall_after): a request stalled that long
-        stops counting against the client's limit, and its thread stops counting as a worker here."""
+    def __init__(self, workers: int, stall_after: float, name: str = "send") -> None:
+        """`stall_after` is the Wigzo client's (DeliveryPolicy.stall_after): a request stalled that long stops
+        counting against the client's limit, and its thread stops counting as a worker here."""
         self._name = name
         self._workers = workers
         self._stall_after = stall_after
@@ -101,7 +110,7 @@ class OrderedExecutor:
 
     def _work(self) -> None:
         me = threading.current_thread()
-        ran: tuple[int, Hashable | None, Task, Later | None] | None = None
+        ran: tuple[int, Hashable | None, Task, Wait | None] | None = None
         while True:
             with self._lock:
                 if ran is not None:
@@ -125,13 +134,13 @@ class OrderedExecutor:
                     self._timer_due.notify()
             later = None
             try:
-                if isinstance(answer := task(), Later):  # anything else (a lambda's value) means finished
+                if isinstance(answer := task(), Wait):  # anything else (a lambda's value) means finished
                     later = answer
             except Exception:  # a task reports its own outcome; reaching here is a bug, so keep the worker alive
                 log.exception("delivery task raised")
             ran = (sequence, key, task, later)
 
-    def _settle(self, sequence: int, key: Hashable | None, task: Task, later: Later | None) -> None:
+    def _settle(self, sequence: int, key: Hashable | None, task: Task, later: Wait | None) -> None:
         """After a run (lock held): release the key, or park the task until it is due. This worker takes the
         oldest ready task itself next, so no other thread needs waking (a handoff per task costs more than
         the task's bookkeeping)."""
@@ -231,3 +240,78 @@ class OrderedExecutor:
             threads = [*self._threads, self._timer]
         for thread in threads:
             thread.join()
+
+
+# ---- the worker-thread step of one event's delivery ---------------------------------------------------------
+
+Attempts = TypeVar("Attempts")
+Ticket = TypeVar("Ticket")
+
+
+class Sender(Protocol[Attempts]):
+    """What sends a request, one try at a time (pipeline.wigzo.client.WigzoClient)."""
+
+    def start(self, request: WigzoRequest) -> Attempts: ...
+    def attempt(self, attempts: Attempts, stop: threading.Event) -> DeliveryResult | Wait: ...
+
+
+@dataclass(eq=False)
+class EventSend(Generic[Ticket]):
+    """One event's requests, sent in order on worker threads, one try per call: the first request that does not
+    succeed decides. A wait (backoff, Retry-After, delivery paused) goes back to the executor as a `Wait` that
+    also wakes on `stop`, so no thread sleeps through it. The result goes to `results` with the event's ticket,
+    for the polling thread; `stop` set means Aborted (the partition was released)."""
+
+    ticket: Ticket
+    coordinates: tuple[str, int, int]  # the message's topic, partition, offset: for a crash's log line
+    requests: tuple[WigzoRequest, ...]
+    timestamp: object  # the event's own ISO-8601 timestamp, for the event-to-delivery latency
+    sender: Sender
+    stop: threading.Event
+    results: SimpleQueue[tuple[Ticket, DeliveryResult]]
+    wall_clock: Callable[[], float]
+    sent: int = 0  # requests delivered so far
+    current: object | None = field(default=None)  # the sender's attempts at requests[sent], between calls
+
+    def __call__(self) -> Wait | None:
+        result: DeliveryResult = Aborted(attempts=0)
+        try:
+            while self.sent < len(self.requests) and (self.current is not None or not self.stop.is_set()):
+                if self.current is None:
+                    self.current = self.sender.start(self.requests[self.sent])
+                answer = self.sender.attempt(self.current, self.stop)
+                if isinstance(answer, Wait):
+                    return Wait(answer.seconds, (self.stop, *answer.wake))
+                self.current, result = None, answer
+                if not isinstance(result, Delivered):
+                    break
+                self.sent += 1
+        except Exception as exc:  # a bug in delivery must not lose the event: dead-letter it with the cause
+            log.exception("delivery raised", extra=message_fields(*self.coordinates))
+            now = self.wall_clock()
+            result = DeliveryFailed(Rejection("delivery", "DeliveryCrashed", f"{type(exc).__name__}: {exc}"),
+                                    attempts=1, first_failure=now, last_failure=now, history=())
+        if isinstance(result, Delivered) and (event_time := _epoch_seconds(self.timestamp)) is not None:
+            metrics.EVENT_TO_DELIVERY.observe(max(0.0, self.wall_clock() - event_time))
+        self.results.put((self.ticket, result))
+        return None
+
+
+def ordering_key(mode: str, record: Message, event: dict[str, Any]) -> Hashable | None:
+    """What must stay in order (DELIVERY_ORDERING): one user's events (the Kafka key, else the user), one
+    partition's, or nothing."""
+    if mode == "key":
+        return record.key() or event.get("userId") or event.get("anonymousId")
+    if mode == "partition":
+        return (record.topic(), record.partition())
+    return None
+
+
+def _epoch_seconds(timestamp: object) -> float | None:
+    """A validated event's ISO-8601 timestamp as epoch seconds (None when absent)."""
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None

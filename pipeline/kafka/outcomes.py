@@ -1,16 +1,31 @@
-"""The one place where every message's final outcome is counted.
+"""Step 5 of the loop: every message's outcome made durable and counted, and the commits that follow.
 
-Every message read from Kafka ends as exactly one of: delivered, skipped (with a reason) or
-dead-lettered (with its stage). The consumer, replay, redrive and the demo report from here, and
-metrics read from here, so the numbers can never disagree.
+Every message read from Kafka ends as exactly one of: delivered, skipped (with a reason) or dead-lettered
+(with its stage), and is counted here once its outcome is durable. Delivery results come back from the
+worker threads on a queue, dead-letter acknowledgements from the writer's `poll`; `Settlement` takes both in
+on the polling thread, so nothing of Kafka's or a worker's calls into the loop. The consumer, replay, redrive
+and the demo report from `OutcomeCounter`, and metrics count the same events, so the numbers never disagree.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from queue import Empty, SimpleQueue
 
-from pipeline.model import Outcome
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from pipeline.kafka.ledger import PartitionKey, PartitionLedger, Pending
+from pipeline.kafka.parts import DeadLetterSink
+from pipeline.kafka.watch import KafkaWatch
+from pipeline.model import DeadLetter, Delivered, DeliveryFailed, DeliveryResult, Outcome, Rejection
+from pipeline.telemetry import metrics
+
+log = logging.getLogger(__name__)
 
 
 class OutcomeCounter:
@@ -48,3 +63,86 @@ class OutcomeCounter:
                     lines.append(f"    {detail[:60]:<60} {n:>8}")
         lines.append(f"{'total':<14} {self.total():>8}")
         return "\n".join(lines)
+
+
+@dataclass
+class RunStats:
+    read: int = 0
+    aborted: int = 0  # stopped before an outcome was known: uncommitted, redone by the next owner
+    duplicate_risk: int = 0  # delivered after its partition was released: the next owner may send it again
+    held: int = 0  # held by a mapping streak when their partition was released: uncommitted, read again
+    held_because: str = ""  # the streak's reason, as it was then
+
+
+class Settlement:
+    """Outcomes and commits, used from the polling thread only."""
+
+    def __init__(self, ledger: PartitionLedger, dead_letters: DeadLetterSink, watch: KafkaWatch,
+                 outcomes: OutcomeCounter, stats: RunStats, *, commit: bool,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._ledger = ledger
+        self._dead_letters = dead_letters
+        self._watch = watch
+        self._outcomes = outcomes
+        self._stats = stats
+        self._commit_enabled = commit
+        self._wall_clock = wall_clock
+        self.results: SimpleQueue[tuple[Pending, DeliveryResult]] = SimpleQueue()  # from the worker threads
+
+    def finish(self, pending: Pending, outcome: Outcome, detail: str = "") -> None:
+        self._outcomes.record(outcome, detail)
+        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
+        pending.partition.finish(pending.offset)
+
+    def dead_letter(self, pending: Pending, letter: DeadLetter) -> None:
+        """Finished once the dead-letter topic acknowledged it (a later `settle`)."""
+        self._dead_letters.write(pending.record, letter, (pending, letter.rejection.stage))
+
+    def first_failure(self, rejection: Rejection) -> DeadLetter:
+        now = self._wall_clock()
+        return DeadLetter(rejection, attempts=1, first_failure=now, last_failure=now)
+
+    def settle(self) -> None:
+        """Take in what finished: delivery results from the workers, acknowledged dead letters."""
+        while True:
+            try:
+                pending, result = self.results.get_nowait()
+            except Empty:
+                break
+            pending.partition.in_executor -= 1
+            if isinstance(result, Delivered):
+                if pending.partition.released:
+                    self._stats.duplicate_risk += 1
+                self.finish(pending, Outcome.DELIVERED)
+            elif isinstance(result, DeliveryFailed):
+                if not pending.partition.released:
+                    self.dead_letter(pending, result)
+            else:
+                self._stats.aborted += 1  # stays unfinished, so uncommitted: whoever owns it next redoes it
+        for pending, stage in self._dead_letters.poll():
+            self.finish(pending, Outcome.DEAD_LETTERED, stage)
+
+    def raise_if_dead_letters_fail(self) -> None:
+        if self._dead_letters.failure is not None:
+            raise self._dead_letters.failure
+
+    def commit(self, consumer: Consumer, keys: Iterable[PartitionKey]) -> None:
+        """Commit each partition's position where it moved; a failed commit is retried with the next one."""
+        if not self._commit_enabled:
+            return
+        self.raise_if_dead_letters_fail()
+        if not (due := self._ledger.due(keys)):
+            return
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in due.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed (%s); will retry with the next commit", exc.args[0].str())
+            return
+        self._ledger.committed(due)
+        self._watch.reached()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait for every dead letter written to be acknowledged, then take the acknowledgements in."""
+        durable = self._dead_letters.flush(timeout)
+        self.settle()
+        return durable

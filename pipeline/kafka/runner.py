@@ -12,22 +12,23 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, Message
 
 from pipeline.config import Settings
-from pipeline.contract.decoder import EventDecoder
+from pipeline.contract.decoder import EventDecoder, RegistryPatience
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.dead_letters import DeadLetterWriter
 from pipeline.kafka.executor import OrderedExecutor
-from pipeline.kafka.pipeline import Flow, Parts, Pipeline
+from pipeline.kafka.parts import Flow, Parts
+from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Skip
 from pipeline.telemetry.logs import KAFKA_LOGGER
+from pipeline.wigzo.chain import Chain
 from pipeline.wigzo.client import WigzoClient
-from pipeline.wigzo.mapping import MappingConfig, map_event
+from pipeline.wigzo.policy import DeliveryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,17 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
     settings.require_org_token()
     dead_letters = DeadLetterWriter(settings)
     dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
+    shutdown = threading.Event()
+    policy = DeliveryPolicy(retry_statuses=settings.retry_statuses)
     parts = Parts(
-        decoder=EventDecoder(settings),
-        map_event=partial(map_event, config=MappingConfig.from_settings(settings)),
-        client=WigzoClient(settings),
+        decoder=EventDecoder(settings, RegistryPatience(stop=shutdown)),
+        decide=Chain.from_settings(settings).decide,
+        client=WigzoClient(settings, policy=policy),
         dead_letters=dead_letters,
-        executor=OrderedExecutor(settings.max_in_flight),
+        executor=OrderedExecutor(settings.max_in_flight, policy.stall_after),
+        shutdown=shutdown,
     )
-    flow = Flow(ordering=settings.ordering, max_pending_per_partition=settings.max_pending_per_partition,
-                drain_bound=settings.connect_timeout + settings.read_timeout + 1.0,
-                systemic_threshold=settings.systemic_failure_threshold)
-    return Pipeline(parts, assignment, flow=flow, reader=reader, commit=commit,
+    return Pipeline(parts, assignment, Flow.from_settings(settings), reader=reader, commit=commit,
                     watch=KafkaWatch(settings.bootstrap_servers))
 
 

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from pipeline.model import PipelineError
 
 log = logging.getLogger(__name__)
 
 SUMMARY_INTERVAL = 30.0
+PROBE_INTERVAL = 10.0  # while a problem lasts, how often to ask for metadata to notice Kafka is back
 
 _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
 _MISSING_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
@@ -49,6 +50,7 @@ class KafkaWatch:
         self._bootstrap = bootstrap
         self._clock = clock
         self._problems: dict[str, _Problem] = {}
+        self._last_probe = clock()
         self.fatal: KafkaAccessError | None = None
 
     def on_error(self, error: KafkaError) -> None:
@@ -84,6 +86,19 @@ class KafkaWatch:
                 problem.last_summary = now
                 log.warning("Kafka: still %s after %.0fs (%d reports; latest: %s)", kind, now - problem.since,
                             problem.count, problem.latest)
+
+    def check_in(self, consumer: Consumer) -> None:
+        """A summary of each ongoing problem; while one lasts, a metadata request now and then notices Kafka's
+        return even when no message flows."""
+        self.tick()
+        now = self._clock()
+        if self._problems and now - self._last_probe >= PROBE_INTERVAL:
+            self._last_probe = now
+            try:
+                consumer.list_topics(timeout=1.0)
+            except KafkaException:
+                return
+            self.reached(topics=False)
 
     def raise_if_fatal(self) -> None:
         if self.fatal is not None:

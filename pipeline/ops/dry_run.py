@@ -1,7 +1,7 @@
 """`wigzo-pipeline transform [FILE]`: print what Wigzo would receive for each Segment event, sending nothing.
 
-It runs the consumer's own decoder and mapping with the same settings, so a dry run cannot disagree with
-production. The organization token is not required: tokens are always shown as ``***``.
+It runs the consumer's own decoder and chain (pipeline.wigzo.chain) with the same settings, so a dry run
+cannot disagree with production. The organization token is not required: tokens are always shown as ``***``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 from pipeline import config
 from pipeline.contract.decoder import EventDecoder
 from pipeline.model import Deliver, PipelineError, Rejection, Skip, WigzoRequest
-from pipeline.wigzo.mapping import MappingConfig, map_event
+from pipeline.wigzo.chain import Chain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     settings = config.load_settings(args)
     # The input is JSON lines whatever INPUT_FORMAT says about the Kafka topics.
     decoder = EventDecoder(replace(settings, input_formats={"*": "json"}))
-    mapping = MappingConfig.from_settings(settings)
+    chain = Chain.from_settings(settings)
     topic = settings.topics[0]
     with _lines(args.file) as lines:
         for line in lines:
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
             if not event_bytes:
                 continue
             decoded = decoder.decode(topic, event_bytes)
-            decision = decoded if isinstance(decoded, Rejection) else map_event(decoded, mapping)
+            decision = decoded if isinstance(decoded, Rejection) else chain.decide(decoded)
             print(orjson.dumps(describe(decision, settings.wigzo_base_url)).decode(), flush=True)
     return 0
 

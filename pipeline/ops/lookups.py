@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.assignment import OffsetRanges
-from pipeline.kafka.checkpoint import PartitionKey
+from pipeline.kafka.ledger import PartitionKey
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import PipelineError, Skip
@@ -93,11 +93,12 @@ def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool
               reader: Callable[[Message], Message | Skip] | None = None) -> Pipeline:
     """Process [start, end) of each partition under manual assignment, with a progress line."""
     pipeline = build_pipeline(settings, OffsetRanges(ranges), reader=reader, commit=commit)
-    progress = Progress(sum(end - start for start, end in ranges.values()), lambda: pipeline.stats.read)
+    status = pipeline.status
+    progress = Progress(sum(end - start for start, end in ranges.values()), lambda: status.stats.read)
 
     def done() -> bool:
         progress.tick()
-        return pipeline.finished() or pipeline.stuck()
+        return status.finished() or status.stuck()
 
     try:
         run_pipeline(pipeline, settings, group_id=group_id, stop_when=done)
@@ -108,12 +109,13 @@ def run_range(settings: Settings, ranges: Ranges, group_id: str, *, commit: bool
 
 def report(title: str, pipeline: Pipeline) -> int:
     """Print what the run did; the exit code: 1 when events were left held by a mapping streak."""
-    print(f"\n{title}: read {pipeline.stats.read} messages")
-    print(pipeline.outcomes.report())
-    if pipeline.stats.aborted:
-        print(f"interrupted before finishing: {pipeline.stats.aborted} (not committed; run again to finish)")
-    if pipeline.stats.held:
-        print(f"not finished: {pipeline.stats.held} events left uncommitted because {pipeline.stats.held_because}",
+    stats = pipeline.status.stats
+    print(f"\n{title}: read {stats.read} messages")
+    print(pipeline.status.outcomes.report())
+    if stats.aborted:
+        print(f"interrupted before finishing: {stats.aborted} (not committed; run again to finish)")
+    if stats.held:
+        print(f"not finished: {stats.held} events left uncommitted because {stats.held_because}",
               file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,7 @@ from pipeline.config import Settings
 from pipeline.kafka.assignment import BrokerOffsets, GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
+from pipeline.kafka.status import Status
 from pipeline.model import PipelineError
 from pipeline.telemetry.logs import KAFKA_LOGGER
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
@@ -43,10 +44,11 @@ def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHe
             raise
         log.error("%s", exc)  # a supervised member has no CLI above it to print the message
         return 2
-    conditions = [batch_end(pipeline, subscription, settings, quiet_seconds)] if quiet_seconds is not None else []
+    status = pipeline.status
+    conditions = [batch_end(status, subscription, settings, quiet_seconds)] if quiet_seconds is not None else []
     if health is not None:
         conditions.append(_sharing(pipeline, health))
-    probes = (ProbeServer(ProbeApp(lambda: pipeline.last_poll, pipeline.readiness), settings.metrics_port).start()
+    probes = (ProbeServer(ProbeApp(lambda: status.last_poll, status.readiness), settings.metrics_port).start()
               if settings.metrics_port and health is None else None)
     try:
         run_pipeline(pipeline, settings, stop_when=(lambda: any([check() for check in conditions])) if conditions
@@ -59,14 +61,13 @@ def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHe
     finally:
         if probes is not None:
             probes.stop()
-    totals = pipeline.outcomes.totals()
+    stats, totals = status.stats, status.outcomes.totals()
     log.info("stopped: read %d, %s; %d left unfinished (uncommitted, redone by the next owner), %d delivered "
-             "after their partition was released (may be delivered again)", pipeline.stats.read,
+             "after their partition was released (may be delivered again)", stats.read,
              ", ".join(f"{outcome.value} {count}" for outcome, count in totals.items()),
-             pipeline.stats.aborted + pipeline.stats.held, pipeline.stats.duplicate_risk)
-    if quiet_seconds is not None and pipeline.stats.held:
-        failure = BatchRunFailed(f"not caught up: {pipeline.stats.held} events left uncommitted because "
-                                 f"{pipeline.stats.held_because}")
+             stats.aborted + stats.held, stats.duplicate_risk)
+    if quiet_seconds is not None and stats.held:
+        failure = BatchRunFailed(f"not caught up: {stats.held} events left uncommitted because {stats.held_because}")
         if health is None:
             raise failure
         log.error("%s", failure)
@@ -79,11 +80,12 @@ def _sharing(pipeline: Pipeline, health: MemberHealth) -> Callable[[], bool]:
     member if the supervisor is gone (killed outright): an orphan would hold partitions nobody watches."""
     shared = [0.0]
     supervisor = os.getppid()
+    status = pipeline.status
 
     def share() -> bool:
-        if pipeline.last_poll - shared[0] >= HEALTH_INTERVAL:
-            shared[0] = pipeline.last_poll
-            health.publish(pipeline.last_poll, pipeline.readiness())
+        if status.last_poll - shared[0] >= HEALTH_INTERVAL:
+            shared[0] = status.last_poll
+            health.publish(status.last_poll, status.readiness())
             if os.getppid() != supervisor and not pipeline.shutting_down:
                 log.warning("the supervisor is gone: draining and stopping this member")
                 pipeline.request_shutdown()
@@ -92,7 +94,7 @@ def _sharing(pipeline: Pipeline, health: MemberHealth) -> Callable[[], bool]:
     return share
 
 
-def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Settings, quiet_seconds: float,
+def batch_end(status: Status, subscription: GroupSubscription, settings: Settings, quiet_seconds: float,
               clock: Callable[[], float] = time.monotonic) -> Callable[[], bool]:
     """The stop condition of a batch run: caught up and quiet for `quiet_seconds`; raises BatchRunFailed when
     no partition was assigned within the start-up timeout."""
@@ -102,10 +104,10 @@ def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Set
     def done() -> bool:
         now = clock()
         if not subscription.assigned and now - started >= settings.startup_timeout:
-            raise BatchRunFailed(_why_no_partitions(pipeline, settings))
-        if pipeline.stuck():
+            raise BatchRunFailed(_why_no_partitions(status, settings))
+        if status.stuck():
             return True  # only events a mapping streak holds are left: run_member says why and fails
-        if not pipeline.finished():
+        if not status.finished():
             caught_up_since.clear()
             return False
         if not caught_up_since:
@@ -115,11 +117,11 @@ def batch_end(pipeline: Pipeline, subscription: GroupSubscription, settings: Set
     return done
 
 
-def _why_no_partitions(pipeline: Pipeline, settings: Settings) -> str:
+def _why_no_partitions(status: Status, settings: Settings) -> str:
     waited = f"after {settings.startup_timeout:.0f}s (STARTUP_TIMEOUT)"
-    if problems := pipeline.watch.problems():
+    if problems := status.kafka_problems():
         return f"no partition of {', '.join(settings.topics)} was assigned {waited}: " + "; ".join(problems)
-    if not pipeline.joined:
+    if not status.joined:
         return (f"did not join consumer group {settings.group_id!r} {waited}; check KAFKA_BOOTSTRAP_SERVERS "
                 "and that the topics exist")
     return (f"joined consumer group {settings.group_id!r} but was assigned no partition of "

@@ -1,11 +1,11 @@
 """Delivers WigzoRequests over HTTP without losing events or flooding the dead-letter topic.
 
 One transport (by default a pooled `requests.Session`, see `pipeline.wigzo.transport`) is shared by the
-consumer's worker threads. A request's `Delivery` is resumable: each `step` makes at most one attempt and
-returns the final result (delivered, judged permanently unacceptable, out of its own retry budget while Wigzo
-serves others, or aborted because `stop` is set) or how long to wait before stepping again, so a backoff or a
-Retry-After holds no thread (`pipeline.kafka.executor` re-runs the step on a timer). `deliver` is the blocking
-loop around it. Outages, rejected tokens and a broken configuration hold every event back (the consumer sees
+consumer's worker threads. A request's `RequestAttempts` (from `start`) is resumable: each `attempt` makes at
+most one try and returns the final result (delivered, judged permanently unacceptable, out of its own retry
+budget while Wigzo serves others, or aborted because `stop` is set) or how long to wait before trying again, so
+a backoff or a Retry-After holds no thread (`pipeline.kafka.executor` re-runs the step on a timer). `deliver` is
+the blocking loop around it. Outages, rejected tokens and a broken configuration hold every event back (the consumer sees
 `accepting_work() == False` and pauses) instead of dead-lettering them. The rules live in
 `pipeline.wigzo.policy`; this module is the locking around them, and the client's metrics.
 """
@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import orjson
@@ -92,27 +92,19 @@ class _Seen:
     held: bool         # a permanent failure that is the configuration's: the event waits instead
 
 
-class Delivery:
-    """One request's way to a final result, one attempt per `step`.
+@dataclass(eq=False)
+class RequestAttempts:
+    """One request's way to a final result: what the retry budget and the dead letter need between attempts
+    (attempts, failures with their times, the budget itself), so resuming on another thread, later, decides
+    exactly as one loop would. Plain data: `WigzoClient.attempt` reads and updates it."""
 
-    Between steps it keeps what the retry budget and the dead letter need: attempts, failures with their
-    times, and the budget itself; so resuming on another thread, later, decides exactly as one loop would.
-    """
-
-    def __init__(self, client: WigzoClient, request: WigzoRequest, body: bytes | DeliveryFailed,
-                 budget: RetryBudget, served_before: int) -> None:
-        self.request = request
-        self.body = body  # or the failure to serialize it: final at the first step
-        self.budget = budget
-        self.served_before = served_before  # the breaker's `served` when this event last failed (or started)
-        self.attempts = 0
-        self.retries = 0
-        self.failures: list[tuple[float, str]] = []  # (wall-clock time, label) per failed attempt
-        self._client = client
-
-    def step(self, stop: threading.Event) -> DeliveryResult | Wait:
-        """At most one attempt; Aborted once `stop` is set, without sending."""
-        return self._client._step(self, stop)
+    request: WigzoRequest
+    body: bytes | DeliveryFailed  # or the failure to serialize it: final at the first attempt
+    budget: RetryBudget
+    served_before: int  # the breaker's `served` when this event last failed (or started)
+    attempts: int = 0
+    retries: int = 0
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (wall-clock time, label) per failed try
 
     def failed(self, error_class: str, reason: str, status: int | None) -> DeliveryFailed:
         """Every attempt failed, so the attempt count is the history's length."""
@@ -123,6 +115,78 @@ class Delivery:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:SNIPPET_CHARS]
+
+
+class InFlight:
+    """Requests on the wire under the concurrency limit: slots taken and freed by the worker threads. A request
+    Wigzo leaves hanging past `stall_after` keeps its connection until the read timeout but not its slot."""
+
+    def __init__(self, policy: DeliveryPolicy, maximum: int, lock: threading.Lock,
+                 clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._freed = threading.Condition(lock)
+        self._tokens = itertools.count()
+        self._sending: OrderedDict[int, float] = OrderedDict()  # counted requests, oldest first: send time by slot
+        self._stall_warning_due = False  # a stall lowered the limit from its maximum: warn once the lock is free
+        self.limit = ConcurrencyLimit(policy, maximum)
+        self._published = self.limit.allowed
+        CONCURRENCY_LIMIT.set(self._published)
+
+    def take(self, stop: threading.Event) -> int | None:
+        """A slot, waited for at most one gate_poll; None: the caller steps again later (its thread may run other
+        work meanwhile)."""
+        with self._freed:
+            if self._count() >= self.limit.allowed:
+                self._freed.wait(self._policy.gate_poll)
+                if stop.is_set() or self._count() >= self.limit.allowed:
+                    return None
+            slot = next(self._tokens)
+            self._sending[slot] = self._clock()
+            lowered, self._stall_warning_due = self._stall_warning_due, False
+        IN_FLIGHT.inc()
+        if lowered:
+            log.warning("a request to Wigzo has had no answer for %.0f s: lowering concurrency to %d requests in "
+                        "flight; requests still hanging no longer count against it", self._policy.stall_after,
+                        self.limit.allowed)
+        return slot
+
+    def free(self, slot: int) -> None:
+        with self._freed:
+            self._sending.pop(slot, None)  # gone already if it stalled
+            self._freed.notify()
+        IN_FLIGHT.dec()
+
+    def on_answer(self, verdict: Verdict, sent_at: float, now: float) -> bool:
+        """Feed an answer to the limit (lock held); True when 429s lowered it from its maximum."""
+        was_throttled = self.limit.throttled
+        lowered = self.limit.on_answer(verdict is Verdict.THROTTLED, sent_at, now)
+        if verdict is Verdict.DELIVERED:
+            self.limit.on_success()
+        self._publish()
+        return lowered and not was_throttled
+
+    def _count(self) -> int:
+        """Requests on the wire that count against the limit (lock held): those sent within stall_after."""
+        now = self._clock()
+        stalled = False
+        while self._sending:
+            slot, sent_at = next(iter(self._sending.items()))
+            if now - sent_at < self._policy.stall_after:
+                break
+            del self._sending[slot]
+            stalled = True
+        if stalled:
+            was_throttled = self.limit.throttled
+            if self.limit.on_stall(now):
+                self._publish()
+                self._stall_warning_due = self._stall_warning_due or not was_throttled
+        return len(self._sending)
+
+    def _publish(self) -> None:
+        if self.limit.allowed != self._published:
+            self._published = self.limit.allowed
+            CONCURRENCY_LIMIT.set(self._published)
 
 
 class WigzoClient:
@@ -148,26 +212,19 @@ class WigzoClient:
         self._transport = transport
         self._scrub = Scrubber(settings.secrets())
         self._lock = threading.Lock()
-        self._slot_freed = threading.Condition(self._lock)
-        self._tokens = itertools.count()
-        # requests on the wire that count against the limit, oldest first: their send time by slot
-        self._sending: OrderedDict[int, float] = OrderedDict()
-        self._stall_warning_due = False  # a stall lowered the limit from its maximum: warn once the lock is free
+        self._in_flight = InFlight(self._policy, settings.max_in_flight, self._lock, clock)
         self._breaker = CircuitBreaker(self._policy, self._rng, settings.systemic_failure_threshold)
-        self._limit = ConcurrencyLimit(self._policy, settings.max_in_flight)
         self._resumed = threading.Event()  # set when delivery resumes; a new one for every pause
         self._resumed.set()
         self._problem = ""
-        self._published_limit = self._limit.allowed
-        CONCURRENCY_LIMIT.set(self._published_limit)
-        self._publish_health(Health.HEALTHY)
+        _publish_health(Health.HEALTHY)
 
     @property
     def state(self) -> str:
         with self._lock:
             if self._breaker.state is not Health.HEALTHY:
                 return self._breaker.state.value
-            return "throttled" if self._limit.throttled else "healthy"
+            return "throttled" if self._in_flight.limit.throttled else "healthy"
 
     @property
     def problem(self) -> str:
@@ -183,8 +240,8 @@ class WigzoClient:
         if self._owned_transport is not None:
             self._owned_transport.close()
 
-    def delivery(self, request: WigzoRequest) -> Delivery:
-        """The request's resumable delivery; nothing is sent until its first `step`."""
+    def start(self, request: WigzoRequest) -> RequestAttempts:
+        """The request's resumable attempts; nothing is sent until the first `attempt`."""
         budget = RetryBudget(self._settings.max_attempts, self._settings.retry_budget_seconds)
         try:
             body: bytes | DeliveryFailed = orjson.dumps(request.body)
@@ -194,101 +251,62 @@ class WigzoClient:
                                   0, wall, wall, ())
         with self._lock:
             served = self._breaker.served
-        return Delivery(self, request, body, budget, served)
+        return RequestAttempts(request, body, budget, served)
 
     def deliver(self, request: WigzoRequest, stop: threading.Event) -> DeliveryResult:
-        """Step until the result is final or stop is set, waiting on this thread in between."""
-        delivery = self.delivery(request)
-        while isinstance(outcome := delivery.step(stop), Wait):
+        """Attempt until the result is final or stop is set, waiting on this thread in between."""
+        attempts = self.start(request)
+        while isinstance(outcome := self.attempt(attempts, stop), Wait):
             self._sleep(outcome, stop)
         return outcome
 
-    def _sleep(self, wait: Wait, stop: threading.Event) -> None:
-        if wait.resumed is None:
-            if wait.seconds > 0:
-                stop.wait(wait.seconds)
-            return
-        until = self._clock() + wait.seconds
-        while not wait.resumed.is_set() and (left := until - self._clock()) > 0:
-            if stop.wait(min(left, self._policy.gate_poll)):
-                return
-
-    def _step(self, delivery: Delivery, stop: threading.Event) -> DeliveryResult | Wait:
-        """Admit, attempt, decide."""
+    def attempt(self, attempts: RequestAttempts, stop: threading.Event) -> DeliveryResult | Wait:
+        """At most one try: admit, send, decide. Aborted once `stop` is set, without sending."""
         if stop.is_set():
-            return Aborted(delivery.attempts)
-        if isinstance(delivery.body, DeliveryFailed):
-            return delivery.body
+            return Aborted(attempts.attempts)
+        if isinstance(attempts.body, DeliveryFailed):
+            return attempts.body
         admitted = self._admit(stop)
         if isinstance(admitted, Wait):
             return admitted
         probe, slot = admitted
-        attempt, seen = self._attempt(delivery.request, delivery.body, probe, slot)
-        delivery.attempts += 1
-        return self._decide(delivery, attempt, seen)
+        answer, seen = self._send_once(attempts.request, attempts.body, probe, slot)
+        attempts.attempts += 1
+        return self._decide(attempts, answer, seen)
+
+    def _sleep(self, wait: Wait, stop: threading.Event) -> None:
+        if not wait.wake:
+            if wait.seconds > 0:
+                stop.wait(wait.seconds)
+            return
+        until = self._clock() + wait.seconds
+        while not any(event.is_set() for event in wait.wake) and (left := until - self._clock()) > 0:
+            if stop.wait(min(left, self._policy.gate_poll)):
+                return
 
     def _admit(self, stop: threading.Event) -> tuple[bool, int] | Wait:
         """Pass the breaker's gate and take a slot under the concurrency limit: (whether this is the probe, the
-        slot), or how long to wait first."""
+        slot), or how long to wait first. A probe that finds no slot is handed back to the others."""
         with self._lock:
             permit = self._breaker.permit(self._clock())
             if permit.kind is PermitKind.WAIT:
-                return Wait(permit.wait, self._resumed)
+                return Wait(permit.wait, (self._resumed,))
         probe = permit.kind is PermitKind.PROBE
-        slot = self._take_slot(stop, probe)
-        return Wait(0.0) if slot is None else (probe, slot)
+        slot = self._in_flight.take(stop)
+        if slot is None:
+            if probe:
+                with self._lock:
+                    self._breaker.cancel_probe()
+            return Wait(0.0)
+        return probe, slot
 
-    def _take_slot(self, stop: threading.Event, probe: bool) -> int | None:
-        """Room under the concurrency limit, waited for at most one gate_poll: a caller that would wait longer
-        steps again later (its thread may run other work meanwhile) and hands its probe back to the others."""
-        with self._slot_freed:
-            if self._count_sending() >= self._limit.allowed:
-                self._slot_freed.wait(self._policy.gate_poll)
-                if stop.is_set() or self._count_sending() >= self._limit.allowed:
-                    if probe:
-                        self._breaker.cancel_probe()
-                    return None
-            slot = next(self._tokens)
-            self._sending[slot] = self._clock()
-            lowered, self._stall_warning_due = self._stall_warning_due, False
-        IN_FLIGHT.inc()
-        if lowered:
-            log.warning("a request to Wigzo has had no answer for %.0f s: lowering concurrency to %d requests in "
-                        "flight; requests still hanging no longer count against it", self._policy.stall_after,
-                        self._limit.allowed)
-        return slot
-
-    def _count_sending(self) -> int:
-        """Requests on the wire that count against the limit (lock held): those sent within stall_after. A
-        request Wigzo leaves hanging keeps its connection until the read timeout but not its place."""
-        now = self._clock()
-        stalled = False
-        while self._sending:
-            slot, sent_at = next(iter(self._sending.items()))
-            if now - sent_at < self._policy.stall_after:
-                break
-            del self._sending[slot]
-            stalled = True
-        if stalled:
-            was_throttled = self._limit.throttled
-            if self._limit.on_stall(now):
-                self._publish_limit()
-                self._stall_warning_due = self._stall_warning_due or not was_throttled
-        return len(self._sending)
-
-    def _free_slot(self, slot: int) -> None:
-        with self._slot_freed:
-            self._sending.pop(slot, None)  # gone already if it stalled
-            self._slot_freed.notify()
-        IN_FLIGHT.dec()
-
-    def _attempt(self, request: WigzoRequest, body: bytes, probe: bool, slot: int) -> tuple[_Attempt, _Seen]:
+    def _send_once(self, request: WigzoRequest, body: bytes, probe: bool, slot: int) -> tuple[_Attempt, _Seen]:
         """Send once in the slot `_admit` took, free it, and record the answer where every caller sees it."""
         sent_at = self._clock()
         try:
             attempt = self._send(request, body)
         finally:
-            self._free_slot(slot)
+            self._in_flight.free(slot)
         now, wall = self._clock(), self._wall_clock()
         HTTP_REQUESTS.labels(status_class(attempt.status)).inc()
         HTTP_DURATION.observe(now - sent_at)
@@ -299,7 +317,7 @@ class WigzoClient:
             transition = self._breaker.record(attempt.verdict, sent_at, now, probe, attempt.label, failure)
             held = self._breaker.holds(attempt.verdict, failure)
             window = self._breaker.failures_in_window()
-            lowered = self._adjust_limit(attempt.verdict, sent_at, now)
+            lowered = self._in_flight.on_answer(attempt.verdict, sent_at, now)
             seen = _Seen(now, wall, self._breaker.served, self._breaker.unhealthy_seconds(now), held)
             if transition:
                 message = self._describe(transition, attempt, window, failure)
@@ -311,60 +329,40 @@ class WigzoClient:
         if lowered:
             log.warning("Wigzo is throttling (%d%% or more of the last %d answers were HTTP 429): lowering "
                         "concurrency to %d requests in flight", round(100 * self._policy.throttle_ratio),
-                        self._policy.throttle_window, self._limit.allowed)
+                        self._policy.throttle_window, self._in_flight.limit.allowed)
         if transition:
-            self._publish_health(transition.after)
+            _publish_health(transition.after)
             level = {Health.MISCONFIGURED: logging.ERROR, Health.AUTH_FAILED: logging.ERROR,
                      Health.CIRCUIT_OPEN: logging.WARNING}.get(transition.after, logging.INFO)
             log.log(level, "%s", message)
         return attempt, seen
 
-    def _decide(self, delivery: Delivery, attempt: _Attempt, seen: _Seen) -> Delivered | DeliveryFailed | Wait:
+    def _decide(self, attempts: RequestAttempts, attempt: _Attempt, seen: _Seen) -> Delivered | DeliveryFailed | Wait:
         """The final result, or how long to wait before the next attempt (none when the gate alone holds the
         event: the token is rejected or the configuration broken, and a probe must get through first)."""
         if attempt.verdict is Verdict.DELIVERED:
-            return Delivered(attempt.status or 0, delivery.attempts)
-        delivery.failures.append((seen.wall, attempt.label))
+            return Delivered(attempt.status or 0, attempts.attempts)
+        attempts.failures.append((seen.wall, attempt.label))
         if attempt.verdict is Verdict.PERMANENT and not seen.held:
             error_class = f"HttpStatus{attempt.status}" if attempt.status else attempt.label
-            return delivery.failed(error_class, f"Wigzo answered {attempt.label}: {attempt.detail}", attempt.status)
-        log.debug("attempt %d of %s failed: %s", delivery.attempts, delivery.request.path, attempt.label)
+            return attempts.failed(error_class, f"Wigzo answered {attempt.label}: {attempt.detail}", attempt.status)
+        log.debug("attempt %d of %s failed: %s", attempts.attempts, attempts.request.path, attempt.label)
         if seen.held or attempt.verdict is Verdict.AUTH:
             RETRIES.labels("misconfigured" if seen.held else "auth").inc()
             return Wait(0.0)
-        if attempt.verdict is Verdict.RETRY and delivery.budget.spend(seen.served > delivery.served_before,
+        if attempt.verdict is Verdict.RETRY and attempts.budget.spend(seen.served > attempts.served_before,
                                                                       seen.now, seen.unhealthy):
-            spent = delivery.budget.healthy_seconds(seen.now, seen.unhealthy)
-            return delivery.failed("RetryBudgetExhausted",
-                                   f"gave up after {delivery.attempts} attempts over {spent:.1f}s while Wigzo "
+            spent = attempts.budget.healthy_seconds(seen.now, seen.unhealthy)
+            return attempts.failed("RetryBudgetExhausted",
+                                   f"gave up after {attempts.attempts} attempts over {spent:.1f}s while Wigzo "
                                    f"served other events; last answer {attempt.label}: {attempt.detail}",
                                    attempt.status)
-        delivery.served_before = seen.served
-        delivery.retries += 1
+        attempts.served_before = seen.served
+        attempts.retries += 1
         reason = ("throttled" if attempt.verdict is Verdict.THROTTLED
                   else "network" if attempt.status is None else "server_error")
         RETRIES.labels(reason).inc()
-        return Wait(retry_delay(self._policy, delivery.retries, attempt.retry_after, self._rng))
-
-    def _adjust_limit(self, verdict: Verdict, sent_at: float, now: float) -> bool:
-        """Feed the answer to the concurrency limit (lock held); True when 429s lowered it from its maximum."""
-        was_throttled = self._limit.throttled
-        lowered = self._limit.on_answer(verdict is Verdict.THROTTLED, sent_at, now)
-        if verdict is Verdict.DELIVERED:
-            self._limit.on_success()
-        self._publish_limit()
-        return lowered and not was_throttled
-
-    def _publish_limit(self) -> None:
-        if self._limit.allowed != self._published_limit:
-            self._published_limit = self._limit.allowed
-            CONCURRENCY_LIMIT.set(self._published_limit)
-
-    @staticmethod
-    def _publish_health(state: Health) -> None:
-        CIRCUIT_OPEN.set(state is Health.CIRCUIT_OPEN)
-        AUTH_FAILED.set(state is Health.AUTH_FAILED)
-        MISCONFIGURED.set(state is Health.MISCONFIGURED)
+        return Wait(retry_delay(self._policy, attempts.retries, attempt.retry_after, self._rng))
 
     def _send(self, request: WigzoRequest, body: bytes) -> _Attempt:
         headers = {"Content-Type": "application/json", **dict(request.headers)}
@@ -390,8 +388,9 @@ class WigzoClient:
             else:
                 what = f"failed with {failure.label}"
             return (f"the last {self._settings.systemic_failure_threshold} events were all {what} "
-                    f"({attempt.detail[:120]}): {self._hint(failure)}; delivery is paused, nothing more is "
-                    f"dead-lettered, probing every ~{self._policy.auth_probe_cap:.0f} s until Wigzo accepts an event")
+                    f"({attempt.detail[:120]}): {_hint(failure, self._scrub(self._base_url))}; delivery is paused, "
+                    f"nothing more is dead-lettered, probing every ~{self._policy.auth_probe_cap:.0f} s until Wigzo "
+                    "accepts an event")
         if after is Health.AUTH_FAILED:
             return (f"the Wigzo token was rejected (HTTP {attempt.status}): check WIGZO_ORG_TOKEN / WIGZO_API_TOKEN; "
                     "delivery is paused and retried slowly until Wigzo accepts it")
@@ -406,15 +405,22 @@ class WigzoClient:
             return "Wigzo accepts events again: delivery resumed"
         return "Wigzo answers again: circuit closed, delivery resumed"
 
-    def _hint(self, failure: Failure) -> str:
-        """What to check for a failure every event shares."""
-        status = failure.status
-        if status in (404, 405) or failure.label in _BAD_BASE_URL_LABELS:
-            return (f"WIGZO_BASE_URL looks wrong ({self._scrub(self._base_url)}): it should be Wigzo's address "
-                    "alone, e.g. https://app.wigzo.com")
-        if status is not None and 300 <= status < 400:
-            return f"WIGZO_BASE_URL ({self._scrub(self._base_url)}) redirects: set it to where it redirects to"
-        if status in (400, 409, 413, 422):
-            return ("Wigzo refuses every event the same way: check the event mapping (WIGZO_EVENT_MAP) and the "
-                    "rules set up in Wigzo")
-        return "check WIGZO_BASE_URL, WIGZO_CA_BUNDLE and any proxy between this service and Wigzo"
+
+def _publish_health(state: Health) -> None:
+    CIRCUIT_OPEN.set(state is Health.CIRCUIT_OPEN)
+    AUTH_FAILED.set(state is Health.AUTH_FAILED)
+    MISCONFIGURED.set(state is Health.MISCONFIGURED)
+
+
+def _hint(failure: Failure, base_url: str) -> str:
+    """What to check for a failure every event shares; `base_url` already scrubbed."""
+    status = failure.status
+    if status in (404, 405) or failure.label in _BAD_BASE_URL_LABELS:
+        return (f"WIGZO_BASE_URL looks wrong ({base_url}): it should be Wigzo's address alone, "
+                "e.g. https://app.wigzo.com")
+    if status is not None and 300 <= status < 400:
+        return f"WIGZO_BASE_URL ({base_url}) redirects: set it to where it redirects to"
+    if status in (400, 409, 413, 422):
+        return ("Wigzo refuses every event the same way: check the event mapping (WIGZO_EVENT_MAP) and the "
+                "rules set up in Wigzo")
+    return "check WIGZO_BASE_URL, WIGZO_CA_BUNDLE and any proxy between this service and Wigzo"

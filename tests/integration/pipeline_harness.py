@@ -104,8 +104,8 @@ def run_until(pipeline: Pipeline, settings: Settings, done: Callable[[], bool], 
         return done()
 
     run_pipeline(pipeline, settings, stop_when=stop_when)
-    assert not timed_out.is_set(), f"pipeline did not finish in {timeout}s: read {pipeline.stats.read}, " \
-                                   f"outcomes {pipeline.outcomes.totals()}"
+    assert not timed_out.is_set(), f"pipeline did not finish in {timeout}s: read {pipeline.status.stats.read}, " \
+                                   f"outcomes {pipeline.status.outcomes.totals()}"
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:

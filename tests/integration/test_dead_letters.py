@@ -51,7 +51,7 @@ def _settings(bootstrap: str, topic: str, sandbox: Sandbox, **overrides: object)
 
 def _run_to_the_end(settings: Settings, count: int) -> Pipeline:
     pipeline = live_pipeline(settings)
-    run_until(pipeline, settings, lambda: pipeline.stats.read >= count and pipeline.outstanding() == 0,
+    run_until(pipeline, settings, lambda: pipeline.status.stats.read >= count and pipeline.status.outstanding() == 0,
               timeout=120)
     return pipeline
 
@@ -73,7 +73,7 @@ def test_a_message_near_the_broker_limit_is_dead_lettered_whole_and_the_run_goes
 
     pipeline = _run_to_the_end(settings, len(values))
 
-    assert pipeline.outcomes.totals()[Outcome.DELIVERED] == 4
+    assert pipeline.status.outcomes.totals()[Outcome.DELIVERED] == 4
     assert committed_offsets(kafka_bootstrap, settings.group_id, topic, 1) == [len(values)], "everything committed"
     [letter] = read_all(kafka_bootstrap, f"{topic}.dlq")
     assert letter.value() == big, "stored whole"
@@ -102,7 +102,7 @@ def test_a_letter_too_large_for_its_topic_is_stored_truncated_with_its_coordinat
     with caplog.at_level(logging.ERROR, logger="pipeline.kafka.dead_letters"):
         pipeline = _run_to_the_end(settings, len(values))
 
-    assert pipeline.outcomes.totals()[Outcome.DELIVERED] == 3
+    assert pipeline.status.outcomes.totals()[Outcome.DELIVERED] == 3
     assert committed_offsets(kafka_bootstrap, settings.group_id, topic, 1) == [len(values)], "everything committed"
     letters = {error_headers(letter.headers())["offset"]: letter for letter in read_all(kafka_bootstrap, dlq)}
     assert sorted(letters) == ["1", "3", "5"]

@@ -57,7 +57,7 @@ def wigzo() -> Iterator[tuple[SandboxServer, SandboxControl]]:
 
 
 def _all_done(pipeline: Pipeline, produced: int) -> bool:
-    return pipeline.stats.read >= produced and pipeline.outstanding() == 0
+    return pipeline.status.stats.read >= produced and pipeline.status.outstanding() == 0
 
 
 def test_mixed_stream_every_message_ends_in_exactly_one_outcome(
@@ -73,8 +73,8 @@ def test_mixed_stream_every_message_ends_in_exactly_one_outcome(
     pipeline = live_pipeline(settings)
     run_until(pipeline, settings, lambda: _all_done(pipeline, len(samples)))
 
-    totals = pipeline.outcomes.totals()
-    assert pipeline.stats.read == len(samples)
+    totals = pipeline.status.outcomes.totals()
+    assert pipeline.status.stats.read == len(samples)
     assert sum(totals.values()) == len(samples), totals
     assert received_requests(control.received()) == predicted_requests(settings, topic, samples)
 
@@ -137,10 +137,10 @@ def test_rebalance_mid_stream_loses_nothing(
     all_committed = _committed_checker(kafka_bootstrap, settings.group_id, topic, 6)
 
     def total_outcomes() -> int:
-        return first.outcomes.total() + second.outcomes.total()
+        return first.status.outcomes.total() + second.status.outcomes.total()
 
     def run_second() -> None:
-        while first.outcomes.total() < 500:  # join once the first member is well into the stream
+        while first.status.outcomes.total() < 500:  # join once the first member is well into the stream
             time.sleep(0.05)
         run_until(second, settings, finished.is_set)
 
@@ -152,7 +152,7 @@ def test_rebalance_mid_stream_loses_nothing(
         finished.set()
     joiner.join(timeout=120)
 
-    assert second.stats.read > 0, "the second member must have taken partitions over"
+    assert second.status.stats.read > 0, "the second member must have taken partitions over"
     expected = predicted_requests(settings, topic, samples)
     received = received_requests(control.received())
     missing = expected - received
@@ -243,7 +243,7 @@ def test_replay_from_a_timestamp_redelivers_exactly_that_range(
     ranges = resolve_ranges(settings, topic, since=since, until=None, offsets=None)
     assert sum(end - start for start, end in ranges.values()) == len(late)
     replay = run_range(settings, ranges, f"{settings.group_id}.replay", commit=False)
-    assert replay.stats.read == len(late)
+    assert replay.status.stats.read == len(late)
     assert received_requests(control.received()) == predicted_requests(settings, topic, late)
     assert everything_committed(kafka_bootstrap, settings.group_id, topic, 6), "live group untouched"
 
@@ -268,7 +268,7 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
     group = f"{settings.group_id}.redrive"
     redrive = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
                          reader=RedriveFilter(stage="delivery"))
-    totals = redrive.outcomes.totals()
+    totals = redrive.status.outcomes.totals()
     delivered_now = control.received()[before:]
     assert totals[Outcome.DELIVERED] == len(delivered_now) > 0
     assert {r["body"]["eventName"] for r in delivered_now} == {"addtocart"}
@@ -282,7 +282,7 @@ def test_redrive_delivers_fixed_dead_letters_and_re_dead_letters_the_rest(
         assert set(error_names.values()) == {1}, "the new context replaces the old one, it is not appended"
     second = run_range(settings, redrive_ranges(settings, dlq, group), group, commit=True,
                         reader=RedriveFilter(stage="delivery", error_class="no-such-class"))
-    assert second.outcomes.totals()[Outcome.DELIVERED] == 0, "a second redrive resumes after the first"
+    assert second.status.outcomes.totals()[Outcome.DELIVERED] == 0, "a second redrive resumes after the first"
 
 
 def test_unwritable_dead_letter_topic_halts_without_committing(
@@ -333,5 +333,5 @@ def test_a_topic_pattern_subscription_reads_every_match_but_never_its_dead_lette
     settings = settings_for(kafka_bootstrap, pattern, server.url, dlq_topic=dead_letters)
     pipeline = live_pipeline(settings)
     run_until(pipeline, settings, lambda: _all_done(pipeline, 2 * len(samples)))
-    assert pipeline.stats.read == 2 * len(samples)
-    assert len(read_all(kafka_bootstrap, dead_letters)) == pipeline.outcomes.totals()[Outcome.DEAD_LETTERED] > 0
+    assert pipeline.status.stats.read == 2 * len(samples)
+    assert len(read_all(kafka_bootstrap, dead_letters)) == pipeline.status.outcomes.totals()[Outcome.DEAD_LETTERED] > 0

@@ -6,7 +6,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
 from pipeline.kafka.assignment import GroupSubscription, caught_up
-from pipeline.kafka.checkpoint import PartitionKey
+from pipeline.kafka.ledger import PartitionKey
 
 
 class FakeConsumer:

@@ -30,7 +30,7 @@ def _letter(key: bytes | None = b"user-1", value: bytes | None = b"v" * 200_000,
             headers: list[tuple[str, bytes | None]] | None = None) -> Letter:
     return Letter(topic="events.dlq", key=key, value=value, headers=headers or [("trace", b"abc")],
                   context=list(CONTEXT), timestamp=0, stage="decode", source=("events", 3, 41),
-                  on_durable=lambda: None)
+                  ticket=None)
 
 
 @pytest.mark.parametrize("name", ["events.dlq", "a", "A-b_c.9", "x" * 249])

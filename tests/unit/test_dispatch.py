@@ -7,11 +7,15 @@ import threading
 import time
 from collections import defaultdict
 
-from pipeline.kafka.executor import Later, OrderedExecutor
+from pipeline.kafka.executor import OrderedExecutor
+from pipeline.model import Wait
+from pipeline.wigzo.policy import DeliveryPolicy
+
+STALL_AFTER = DeliveryPolicy().stall_after
 
 
 def test_same_key_keeps_order_and_different_keys_run_in_parallel() -> None:
-    executor = OrderedExecutor(workers=8)
+    executor = OrderedExecutor(workers=8, stall_after=STALL_AFTER)
     seen: dict[str, list[int]] = defaultdict(list)
     running: dict[str, int] = defaultdict(int)
     overlaps: list[str] = []
@@ -41,7 +45,7 @@ def test_same_key_keeps_order_and_different_keys_run_in_parallel() -> None:
 
 
 def test_unkeyed_tasks_and_a_raising_task_do_not_stall_the_chain() -> None:
-    executor = OrderedExecutor(workers=2)
+    executor = OrderedExecutor(workers=2, stall_after=STALL_AFTER)
     done: list[int] = []
 
     def boom() -> None:
@@ -56,7 +60,7 @@ def test_unkeyed_tasks_and_a_raising_task_do_not_stall_the_chain() -> None:
 
 def test_workers_take_the_oldest_ready_task_first() -> None:
     """The oldest unfinished message caps the commit position, so it must not wait behind newer work."""
-    executor = OrderedExecutor(workers=1)
+    executor = OrderedExecutor(workers=1, stall_after=STALL_AFTER)
     release = threading.Event()
     order: list[str] = []
     executor.submit("a", lambda: (release.wait(5), order.append("a0")))
@@ -74,14 +78,14 @@ class Resumable:
                  wake: tuple[threading.Event, ...] = ()) -> None:
         self.name, self.log, self.delays, self.wake = name, log, list(delays), wake
 
-    def __call__(self) -> Later | None:
+    def __call__(self) -> Wait | None:
         self.log.append((self.name, time.monotonic()))
-        return Later(self.delays.pop(0), self.wake) if self.delays else None
+        return Wait(self.delays.pop(0), self.wake) if self.delays else None
 
 
 def test_a_delayed_task_holds_its_key_but_no_thread() -> None:
     """With one worker, a task waiting 1 s to run again lets other keys run meanwhile; its own key waits."""
-    executor = OrderedExecutor(workers=1)
+    executor = OrderedExecutor(workers=1, stall_after=STALL_AFTER)
     runs: list[tuple[str, float]] = []
     executor.submit("a", Resumable("a0", runs, 1.0))
     executor.submit("a", Resumable("a1", runs))
@@ -94,7 +98,7 @@ def test_a_delayed_task_holds_its_key_but_no_thread() -> None:
 
 def test_a_delayed_task_comes_back_in_its_original_place() -> None:
     """Due again, the oldest message goes before newer work: it caps its partition's commit position."""
-    executor = OrderedExecutor(workers=1)
+    executor = OrderedExecutor(workers=1, stall_after=STALL_AFTER)
     runs: list[tuple[str, float]] = []
     executor.submit("old", Resumable("old", runs, 0.3))
     for n in range(20):
@@ -106,7 +110,7 @@ def test_a_delayed_task_comes_back_in_its_original_place() -> None:
 
 def test_a_wake_event_brings_a_delayed_task_back_at_once() -> None:
     """A stop must not wait out a 300 s Retry-After: the task runs again (and, seeing the stop, finishes)."""
-    executor = OrderedExecutor(workers=2)
+    executor = OrderedExecutor(workers=2, stall_after=STALL_AFTER)
     runs: list[tuple[str, float]] = []
     stop = threading.Event()
     executor.submit("a", Resumable("a0", runs, 300.0, wake=(stop,)))
@@ -121,7 +125,7 @@ def test_a_wake_event_brings_a_delayed_task_back_at_once() -> None:
 
 
 def test_a_task_can_ask_to_run_again_at_once() -> None:
-    executor = OrderedExecutor(workers=1)
+    executor = OrderedExecutor(workers=1, stall_after=STALL_AFTER)
     runs: list[tuple[str, float]] = []
     executor.submit("a", Resumable("a0", runs, 0.0, 0.0))
     executor.shutdown()

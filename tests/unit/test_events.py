@@ -13,6 +13,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from pipeline.config import ConfigError, Settings
 from pipeline.contract.decoder import (
+    RegistryPatience,
     FOUND_LIMIT,
     MAX_JSON_DEPTH,
     SCHEMAS_DIR,
@@ -37,8 +38,9 @@ FORMATS = {"*": "auto", "confluent": "avro-confluent", "json": "json", "plain": 
 EVENT_AVSC = str(SCHEMAS_DIR / "event.avsc")
 
 
-def _decoder(**overrides: Any) -> EventDecoder:
-    return EventDecoder(Settings(**{"input_formats": FORMATS, "avro_writer_schema": EVENT_AVSC, **overrides}))
+def _decoder(patience: RegistryPatience | None = None, **overrides: Any) -> EventDecoder:
+    return EventDecoder(Settings(**{"input_formats": FORMATS, "avro_writer_schema": EVENT_AVSC, **overrides}),
+                        patience)
 
 
 def _json(**changes: Any) -> bytes:
@@ -255,5 +257,59 @@ def test_registry_outage_raises_instead_of_dead_lettering(registry: SchemaRegist
         raise SchemaRegistryError(503, 50301, "unavailable")
 
     monkeypatch.setattr(registry, "get_schema", fail)
+    clock = PatientClock()
     with pytest.raises(SchemaRegistryUnavailable, match="id 3"):
-        _decoder(schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
+        _decoder(clock.patience(120.0), schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
+    assert clock.waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], "backoff up to the patience, then halt"
+
+
+class PatientClock:
+    """A clock that moves only when the patience waits: no test waits an outage out for real."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.stopped = False
+
+    def patience(self, seconds: float) -> RegistryPatience:
+        return RegistryPatience(seconds, clock=lambda: self.now, stop=self)  # type: ignore[arg-type]
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return self.stopped
+
+
+def test_a_short_registry_outage_is_waited_out(registry: SchemaRegistryClient,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(SCHEMAS_DIR / "segment.spec.Track.avsc", "rb") as file:
+        schema_id = _register(registry, orjson.loads(file.read()))
+    answers = iter([SchemaRegistryError(503, 50301, "unavailable"), ConnectionError("refused")])
+    real = registry.get_schema
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if (failure := next(answers, None)) is not None:
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "get_schema", flaky)
+    clock = PatientClock()
+    decoder = _decoder(clock.patience(120.0), schema_registry_url="mock://segment")
+    assert decoder.decode("orders", _framed(schema_id, TRACK)) == TRACK
+    assert clock.waits == [1.0, 2.0]
+
+
+def test_shutdown_ends_the_wait_for_the_registry(registry: SchemaRegistryClient,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise SchemaRegistryError(503, 50301, "unavailable")
+
+    monkeypatch.setattr(registry, "get_schema", fail)
+    clock = PatientClock()
+    clock.stopped = True
+    with pytest.raises(SchemaRegistryUnavailable):
+        _decoder(clock.patience(120.0), schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
+    assert clock.waits == []

@@ -253,21 +253,22 @@ def test_a_step_makes_one_attempt_and_says_how_long_to_wait_instead_of_sleeping(
     transport = ScriptedTransport([response(503), response(429, **{"Retry-After": "7"}), response(200)])
     client = WigzoClient(SETTINGS, transport=transport, clock=clock, rng=random.Random(2),
                          policy=DeliveryPolicy(backoff_base=1.0))
-    delivery, stop = client.delivery(REQUEST), threading.Event()
-    backoff = delivery.step(stop)
-    assert isinstance(backoff, Wait) and backoff.resumed is None and 0.0 <= backoff.seconds <= 2.0
-    throttled = delivery.step(stop)
+    attempts, stop = client.start(REQUEST), threading.Event()
+    backoff = client.attempt(attempts, stop)
+    assert isinstance(backoff, Wait) and backoff.wake == () and 0.0 <= backoff.seconds <= 2.0
+    throttled = client.attempt(attempts, stop)
     assert isinstance(throttled, Wait) and 7.0 <= throttled.seconds <= 8.0  # never before Retry-After
-    assert delivery.step(stop) == Delivered(200, 3)
+    assert client.attempt(attempts, stop) == Delivered(200, 3)
     assert len(transport.calls) == 3 and clock.now == 0.0  # nobody slept
 
 
 def test_a_step_after_stop_aborts_without_sending() -> None:
     transport = ScriptedTransport([response(503)])
-    delivery, stop = WigzoClient(SETTINGS, transport=transport).delivery(REQUEST), threading.Event()
-    assert isinstance(delivery.step(stop), Wait)
+    client, stop = WigzoClient(SETTINGS, transport=transport), threading.Event()
+    attempts = client.start(REQUEST)
+    assert isinstance(client.attempt(attempts, stop), Wait)
     stop.set()
-    assert delivery.step(stop) == Aborted(1) and len(transport.calls) == 1
+    assert client.attempt(attempts, stop) == Aborted(1) and len(transport.calls) == 1
 
 
 def misconfigured_client(script: list[Response | TransportError], clock: SimulatedClock,
@@ -322,10 +323,10 @@ def test_a_request_that_cannot_be_built_for_threshold_events_names_the_setting()
     client, _ = misconfigured_client([invalid] * 3, clock)
     for n in (1, 2):
         assert isinstance(client.deliver(keyed(f"e{n}"), threading.Event()), DeliveryFailed)
-    delivery = client.delivery(keyed("e3"))
-    assert delivery.step(threading.Event()) == Wait(0.0)  # held: back to the gate
-    gate = delivery.step(threading.Event())
-    assert isinstance(gate, Wait) and gate.resumed is not None and not gate.resumed.is_set()
+    attempts = client.start(keyed("e3"))
+    assert client.attempt(attempts, threading.Event()) == Wait(0.0)  # held: back to the gate
+    gate = client.attempt(attempts, threading.Event())
+    assert isinstance(gate, Wait) and len(gate.wake) == 1 and not gate.wake[0].is_set()
     assert client.problem.startswith("the last 3 events were all failed with InvalidURL (Failed to parse")
     assert "WIGZO_BASE_URL looks wrong" in client.problem
 
@@ -333,7 +334,7 @@ def test_a_request_that_cannot_be_built_for_threshold_events_names_the_setting()
 def test_a_400_for_every_event_points_at_the_mapping() -> None:
     client, _ = misconfigured_client([response(400, '{"error": "eventval is required"}')] * 3, SimulatedClock())
     for n in range(3):
-        client.delivery(keyed(f"e{n}")).step(threading.Event())
+        client.attempt(client.start(keyed(f"e{n}")), threading.Event())
     assert client.state == "misconfigured"
     assert "eventval is required" in client.problem and "WIGZO_EVENT_MAP" in client.problem
 
@@ -375,10 +376,10 @@ def test_requests_hanging_past_stall_after_stop_holding_their_slots(caplog: pyte
         thread.start()
     wait_until(lambda: len(transport.calls) == 4)
     assert sample("wigzo_pipeline_in_flight") == in_flight + 4
-    assert client.delivery(keyed("m0")).step(stop) == Wait(0.0)  # every slot taken: step again later
+    assert client.attempt(client.start(keyed("m0")), stop) == Wait(0.0)  # every slot taken: step again later
     clock.now += 3.0  # Wigzo has left them hanging for stall_after
     with caplog.at_level(logging.WARNING, logger="pipeline.wigzo.client"):
-        assert client.delivery(keyed("m1")).step(stop) == Delivered(200, 1)
+        assert client.attempt(client.start(keyed("m1")), stop) == Delivered(200, 1)
     assert client.state == "throttled"  # a stall lowers the limit (4 -> 2), so hanging requests stay bounded
     assert sample("wigzo_pipeline_concurrency_limit") == 2.0
     assert "no answer for 3 s: lowering concurrency to 2" in caplog.text
@@ -432,8 +433,8 @@ def test_a_window_of_429s_lowers_concurrency_and_says_so_once(caplog: pytest.Log
     transport = ScriptedTransport([response(429, **{"Retry-After": "0"})] * 8 + [response(200)])
     client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=policy)
     with caplog.at_level(logging.WARNING, logger="pipeline.wigzo.client"):
-        delivery = client.delivery(REQUEST)
-        while isinstance(delivery.step(threading.Event()), Wait):
+        attempts = client.start(REQUEST)
+        while isinstance(client.attempt(attempts, threading.Event()), Wait):
             clock.now += 1.0
     assert client.state == "throttled" and sample("wigzo_pipeline_concurrency_limit") == 12.0  # 48 / 2 / 2
     assert [r.getMessage() for r in caplog.records] == [

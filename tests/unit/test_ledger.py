@@ -1,12 +1,13 @@
-"""The commit position never passes an unfinished message, whatever order messages finish in; `Checkpoint`
-reports only positions that moved since the last commit, and forgets a partition completely when it goes."""
+"""The commit position never passes an unfinished message, whatever order messages finish in; the ledger
+reports only positions that moved since the last commit, forgets a partition completely when it goes, and
+pauses a partition whose window is full until it is below half of it."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.kafka.checkpoint import Checkpoint, PartitionKey, PartitionOffsets
+from pipeline.kafka.ledger import PartitionKey, PartitionLedger, PartitionOffsets, Pending
 
 P0: PartitionKey = ("events", 0)
 P1: PartitionKey = ("events", 1)
@@ -59,11 +60,44 @@ def test_commit_position_is_exactly_the_first_unfinished(data: st.DataObject) ->
     assert offsets.outstanding == len(read) - len(prefix_done)
 
 
-# ---- Checkpoint ---------------------------------------------------------------------------------
+# ---- PartitionLedger ----------------------------------------------------------------------------
 
 
-def tracked(*keys: PartitionKey) -> Checkpoint:
-    checkpoint = Checkpoint()
+class Checkpoint:
+    """The ledger driven by (partition, offset) as the loop drives it: each read keeps its Pending, which is
+    what the loop finishes later (from a worker's result or a dead letter's acknowledgement)."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self.ledger = PartitionLedger(window, streak_threshold=10)
+        self._pending: dict[tuple[PartitionKey, int], Pending] = {}
+
+    def track(self, key: PartitionKey) -> None:
+        self.ledger.assign([key])
+
+    def forget(self, keys: list[PartitionKey]) -> None:
+        self.ledger.release(keys)
+
+    def read(self, key: PartitionKey, offset: int) -> None:
+        partition = self.ledger.get(key)
+        assert partition is not None
+        self._pending[(key, offset)] = partition.read(offset, None)  # type: ignore[arg-type]
+
+    def finish(self, key: PartitionKey, offset: int) -> None:
+        if (pending := self._pending.pop((key, offset), None)) is not None:
+            pending.partition.finish(pending.offset)
+
+    def outstanding(self, key: PartitionKey | None = None) -> int:
+        return self.ledger.outstanding(key)
+
+    def due(self, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
+        return self.ledger.due(keys)
+
+    def committed(self, positions: dict[PartitionKey, int]) -> None:
+        self.ledger.committed(positions)
+
+
+def tracked(*keys: PartitionKey, window: int = 1000) -> Checkpoint:
+    checkpoint = Checkpoint(window)
     for key in keys:
         checkpoint.track(key)
     return checkpoint
@@ -222,3 +256,35 @@ def test_due_never_passes_the_lowest_unfinished_offset_and_never_goes_back(data:
             assert checkpoint.due(keys) == {}
     assert checkpoint.outstanding() == 0
     assert {k: last_due[k] for k in keys} == {k: to_read[k][-1] + 1 for k in keys}
+
+
+def test_a_full_window_pauses_until_below_half_of_it() -> None:
+    checkpoint = tracked(P0, P1, window=4)
+    for offset in range(4):
+        checkpoint.read(P0, offset)
+    never_exhausted = lambda key: False  # noqa: E731
+    assert checkpoint.ledger.repause(True, never_exhausted) == ([P0], [])
+    assert checkpoint.ledger.repause(True, never_exhausted) == ([], []), "said once"
+    checkpoint.finish(P0, 0)
+    assert checkpoint.ledger.repause(True, never_exhausted) == ([], []), "3 left: not below half the window"
+    checkpoint.finish(P0, 1)
+    assert checkpoint.ledger.repause(True, never_exhausted) == ([], [P0])
+
+
+def test_everything_pauses_while_delivery_does_not_accept_work_and_exhausted_partitions_stay_paused() -> None:
+    checkpoint = tracked(P0, P1)
+    assert checkpoint.ledger.repause(False, lambda key: False) == ([P0, P1], [])
+    assert checkpoint.ledger.all_paused()
+    assert checkpoint.ledger.repause(True, lambda key: key == P1) == ([], [P0])
+    assert not checkpoint.ledger.all_paused()
+
+
+def test_release_marks_the_partition_so_late_results_change_nothing() -> None:
+    checkpoint = tracked(P0)
+    checkpoint.read(P0, 0)
+    (partition,) = checkpoint.ledger.release([P0, P1])
+    assert partition.released and partition.key == P0
+    checkpoint.track(P0)
+    checkpoint.read(P0, 0)
+    assert checkpoint.ledger.get(P0) is not partition, "assigned again: a fresh partition"
+    assert checkpoint.outstanding(P0) == 1

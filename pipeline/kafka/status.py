@@ -1,0 +1,62 @@
+"""What `run`, `replay`, `redrive`, the supervisor and the demo read about a running pipeline: progress, whether
+it is done, and why it is not ready. The consume loop keeps it current; everyone else only reads it.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer
+
+from pipeline.kafka.assignment import Assignment
+from pipeline.kafka.ledger import PartitionLedger
+from pipeline.kafka.outcomes import OutcomeCounter, RunStats
+from pipeline.kafka.parts import Parts
+from pipeline.kafka.watch import KafkaWatch
+
+
+class Status:
+    def __init__(self, parts: Parts, ledger: PartitionLedger, assignment: Assignment, watch: KafkaWatch) -> None:
+        self._ledger = ledger
+        self._assignment = assignment
+        self._watch = watch
+        self._parts = parts
+        self.outcomes = OutcomeCounter()
+        self.stats = RunStats()
+        self.consumer: Consumer | None = None  # set when the loop starts
+        self.joined = False
+        self.last_poll = 0.0  # monotonic time the loop last polled Kafka
+
+    def outstanding(self) -> int:
+        """Messages read whose commit position is not reached yet."""
+        return self._ledger.outstanding()
+
+    def held(self) -> int:
+        """Events a mapping streak holds back now (uncommitted, not dead-lettered)."""
+        return self._ledger.streak.held
+
+    def readiness(self) -> list[str]:
+        """Why this member cannot take work now; empty when ready."""
+        reasons = [] if self.joined else ["not in the consumer group yet"]
+        client, dead_letters = self._parts.client, self._parts.dead_letters
+        if not client.accepting_work():
+            reasons.append(f"Wigzo: {client.state}" + (f": {client.problem}" if client.problem else ""))
+        if dead_letters.failure is not None:
+            reasons.append(f"dead-letter topic: {dead_letters.failure}")
+        if problem := self._ledger.streak.problem():
+            reasons.append(problem)
+        return reasons + [f"Kafka {problem}" for problem in self._watch.problems()]
+
+    def kafka_problems(self) -> list[str]:
+        return self._watch.problems()
+
+    def finished(self) -> bool:
+        """Everything the assignment puts in scope was read, and all of it has its outcome."""
+        return (self.consumer is not None and self._assignment.finished(self.consumer)
+                and not self._ledger.outstanding())
+
+    def stuck(self) -> bool:
+        """Only events held by a mapping streak are left unfinished, and everything in scope is read (or no
+        partition is being read), so no event will come to end the streak: a batch run stops here instead of
+        waiting for ever."""
+        held = self.held()
+        return (self.consumer is not None and held > 0 and self._ledger.unfinished() == held
+                and (self._ledger.all_paused() or self._assignment.finished(self.consumer)))
