@@ -30,7 +30,6 @@ SECRET_FILE_SUFFIX = "_file"  # `wigzo_org_token_file`, `sasl.password_file`; `_
 # librdkafka settings holding credentials: the ones librdkafka itself treats as sensitive
 KAFKA_SECRET_MARKERS = ("password", "secret", "passphrase", "key.pem", "oauthbearer.config")
 ORDERING_MODES = ("key", "partition", "unordered")
-DEFAULT_RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -199,7 +198,7 @@ class Settings:
     ca_bundle: str = setting("", env="WIGZO_CA_BUNDLE", flag="--ca-bundle", parse=str, shown="system",
                              help="CA bundle for Wigzo's TLS certificate")
     retry_statuses: frozenset[int] = setting(
-        DEFAULT_RETRY_STATUSES, env="WIGZO_RETRY_STATUSES", flag="--retry-statuses",
+        frozenset({408, 500, 502, 503, 504}), env="WIGZO_RETRY_STATUSES", flag="--retry-statuses",
         parse=_retry_statuses,
         help="HTTP statuses retried with backoff (any other 5xx is retried too; other 4xx are dead-lettered)")
     max_attempts: int = setting(
