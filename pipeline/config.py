@@ -1,4 +1,5 @@
-"""Configuration: one table of settings, each readable from a flag, an environment variable or a TOML file.
+"""Configuration: every setting declared once, as a field of `Settings` with its default, names and parser, and
+readable from a flag, an environment variable or a TOML file.
 
 The environment-variable names and the config file's keys are public interface (deployments depend on them):
 keep them stable. A flag wins over the environment, the environment over the config file, the file over the
@@ -13,7 +14,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ SECRET_FILE_SUFFIX = "_file"  # `wigzo_org_token_file`, `sasl.password_file`; `_
 # librdkafka settings holding credentials: the ones librdkafka itself treats as sensitive
 KAFKA_SECRET_MARKERS = ("password", "secret", "passphrase", "key.pem", "oauthbearer.config")
 ORDERING_MODES = ("key", "partition", "unordered")
-DEFAULT_RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 INPUT_FORMATS = ("auto", "avro-confluent", "avro", "json")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -104,104 +104,130 @@ def _event_name_map(text: str) -> dict[str, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One setting as a user sets it: derived from its `Settings` field, whose name is the config file's key."""
+
     attr: str
     env: str
     flag: str
     parse: Callable[[str], Any]
     help: str
-    secret: bool = False
+    secret: bool
+    shown_default: str  # the default as the README's settings table writes it
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "--bootstrap-servers", str,
-           "Kafka bootstrap servers (host:port,...); default is the project's local broker"),
-    Option("topics", "KAFKA_TOPICS", "--topics", _csv,
-           "comma-separated source topics; an entry starting with ^ is a regex"),
-    Option("group_id", "KAFKA_GROUP_ID", "--group-id", str, "consumer group id"),
-    Option("auto_offset_reset", "KAFKA_AUTO_OFFSET_RESET", "--auto-offset-reset",
-           _choice(("earliest", "latest")), "where a group with no committed offset starts"),
-    Option("dlq_topic", "DLQ_TOPIC", "--dlq-topic", str,
-           "dead-letter topic; default '<source topic>.dlq'"),
-    Option("wigzo_base_url", "WIGZO_BASE_URL", "--wigzo-base-url", str,
-           "Wigzo API base URL"),
-    Option("wigzo_org_token", "WIGZO_ORG_TOKEN", "--wigzo-org-token", Secret,
-           "Wigzo organization token (required)", secret=True),
-    Option("wigzo_api_token", "WIGZO_API_TOKEN", "--wigzo-api-token", Secret,
-           "Wigzo API token, sent as 'token' when set", secret=True),
-    Option("max_in_flight", "WIGZO_MAX_IN_FLIGHT", "--max-in-flight", _positive_int,
-           "Wigzo requests in flight at once"),
-    Option("ordering", "DELIVERY_ORDERING", "--ordering", _choice(ORDERING_MODES),
-           "delivery order: per message key (default), per partition, or unordered"),
-    Option("input_formats", "INPUT_FORMAT", "--input-format", _topic_formats,
-           "input format: auto|avro-confluent|avro|json, or per topic as 'topic=format,...'"),
-    Option("avro_writer_schema", "AVRO_WRITER_SCHEMA", "--avro-writer-schema", str,
-           "writer schema (.avsc path) for schemaless Avro input"),
-    Option("schema_registry_url", "SCHEMA_REGISTRY_URL", "--schema-registry-url", str,
-           "Confluent Schema Registry URL; without it schema ids resolve from schemas/registry.json"),
-    Option("max_event_bytes", "MAX_EVENT_BYTES", "--max-event-bytes", _positive_int,
-           "largest accepted event (Segment caps events at 32 KB)"),
-    Option("event_name_map", "WIGZO_EVENT_MAP", "--event-map", _event_name_map,
-           "JSON object (inline or file path) mapping Segment event names to Wigzo names, null to skip"),
-    Option("connect_timeout", "WIGZO_CONNECT_TIMEOUT", "--connect-timeout", _positive_float,
-           "seconds to establish a connection to Wigzo"),
-    Option("read_timeout", "WIGZO_READ_TIMEOUT", "--read-timeout", _positive_float,
-           "seconds to wait for Wigzo's response"),
-    Option("ca_bundle", "WIGZO_CA_BUNDLE", "--ca-bundle", str, "CA bundle for Wigzo's TLS certificate"),
-    Option("retry_statuses", "WIGZO_RETRY_STATUSES", "--retry-statuses", _retry_statuses,
-           "HTTP statuses retried with backoff (any other 5xx is retried too; other 4xx are dead-lettered)"),
-    Option("max_attempts", "WIGZO_MAX_ATTEMPTS", "--max-attempts", _positive_int,
-           "attempts per event before it is dead-lettered (only while Wigzo serves other events)"),
-    Option("retry_budget_seconds", "WIGZO_RETRY_BUDGET_SECONDS", "--retry-budget", _positive_float,
-           "seconds an event may keep retrying before it is dead-lettered (same condition)"),
-    Option("max_pending_per_partition", "MAX_PENDING_PER_PARTITION", "--max-pending-per-partition",
-           _positive_int, "messages read but not yet committed per partition before it is paused"),
-    Option("systemic_failure_threshold", "WIGZO_SYSTEMIC_FAILURE_THRESHOLD", "--systemic-failure-threshold",
-           _positive_int, "distinct events failing the same way in a row (Wigzo's answer, or the mapping's "
-           "rejection), with no success between, that make it a configuration problem: the rest are held, not "
-           "dead-lettered"),
-    Option("startup_timeout", "STARTUP_TIMEOUT", "--startup-timeout", _positive_float,
-           "seconds to reach the broker, find the topics and join the group before a batch run gives up"),
-    Option("workers", "WORKERS", "--workers", _positive_int,
-           "consumer-group members in this container, one process each under a supervisor (run only)"),
-    Option("metrics_port", "METRICS_PORT", "--metrics-port", _port,
-           "port serving /metrics, /healthz and /readyz; 0 turns it off"),
-    Option("log_format", "LOG_FORMAT", "--log-format", _choice(LOG_FORMATS),
-           "json, text, or auto (json unless stderr is a terminal)"),
-    Option("log_level", "LOG_LEVEL", "--log-level", _choice(LOG_LEVELS), "DEBUG, INFO, WARNING or ERROR"),
-)
+_DECLARATION = "setting"  # the field metadata key under which `setting` keeps the rest of an Option
+
+
+def _shown(default: object) -> str:
+    """A default as its environment variable would hold it (`408,500,502,503,504`, `5`), or `unset`."""
+    if isinstance(default, (str, Secret, Mapping)) and not default:
+        return "unset"
+    if isinstance(default, frozenset):
+        default = tuple(sorted(default))
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def setting(default: Any, *, env: str, flag: str, parse: Callable[[str], Any], help: str, secret: bool = False,
+            shown: str | None = None) -> Any:
+    """A `Settings` field with its default, environment variable, flag, parser and help in one place.
+
+    `shown` is the default as the docs write it where the value is not what a user reads (`<source topic>.dlq`
+    for an empty DLQ_TOPIC); otherwise it is derived from the default.
+    """
+    declared = {"env": env, "flag": flag, "parse": parse, "help": help, "secret": secret,
+                "shown_default": _shown(default) if shown is None else shown}
+    if isinstance(default, dict):  # every Settings gets its own: a dataclass field cannot share a mutable default
+        return field(default_factory=default.copy, metadata={_DECLARATION: declared})
+    return field(default=default, metadata={_DECLARATION: declared})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    bootstrap_servers: str = LOCAL_BOOTSTRAP
-    topics: tuple[str, ...] = ("segment-events",)
-    group_id: str = "segment-wigzo"
-    auto_offset_reset: str = "earliest"
-    dlq_topic: str = ""
-    wigzo_base_url: str = "https://app.wigzo.com"
-    wigzo_org_token: Secret = Secret("")
-    wigzo_api_token: Secret = Secret("")
-    max_in_flight: int = 256
-    ordering: str = "key"
-    input_formats: Mapping[str, str] = field(default_factory=lambda: {"*": "auto"})
-    avro_writer_schema: str = ""
-    schema_registry_url: str = ""
-    max_event_bytes: int = 32 * 1024
-    event_name_map: Mapping[str, str | None] = field(default_factory=dict)
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    ca_bundle: str = ""
-    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
-    max_attempts: int = 10
-    retry_budget_seconds: float = 300.0
-    max_pending_per_partition: int = 1000
-    systemic_failure_threshold: int = 10
-    startup_timeout: float = 60.0
-    workers: int = 1
-    metrics_port: int = 9400
-    log_format: str = "auto"
-    log_level: str = "INFO"
-    kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)  # credentials as Secret
+    """Every setting of the pipeline, each declared once: its default, names and parser (see `setting`)."""
+
+    bootstrap_servers: str = setting(
+        LOCAL_BOOTSTRAP, env="KAFKA_BOOTSTRAP_SERVERS", flag="--bootstrap-servers", parse=str,
+        help="Kafka bootstrap servers (host:port,...); default is the project's local broker")
+    topics: tuple[str, ...] = setting(
+        ("segment-events",), env="KAFKA_TOPICS", flag="--topics", parse=_csv,
+        help="comma-separated source topics; an entry starting with ^ is a regex")
+    group_id: str = setting("segment-wigzo", env="KAFKA_GROUP_ID", flag="--group-id", parse=str,
+                            help="consumer group id")
+    auto_offset_reset: str = setting(
+        "earliest", env="KAFKA_AUTO_OFFSET_RESET", flag="--auto-offset-reset", parse=_choice(("earliest", "latest")),
+        help="where a group with no committed offset starts")
+    dlq_topic: str = setting(
+        "", env="DLQ_TOPIC", flag="--dlq-topic", parse=str, shown="<source topic>.dlq",
+        help="dead-letter topic; default '<source topic>.dlq'")
+    wigzo_base_url: str = setting("https://app.wigzo.com", env="WIGZO_BASE_URL", flag="--wigzo-base-url", parse=str,
+                                  help="Wigzo API base URL")
+    wigzo_org_token: Secret = setting(
+        Secret(""), env="WIGZO_ORG_TOKEN", flag="--wigzo-org-token", parse=Secret, secret=True, shown="required",
+        help="Wigzo organization token (required)")
+    wigzo_api_token: Secret = setting(
+        Secret(""), env="WIGZO_API_TOKEN", flag="--wigzo-api-token", parse=Secret, secret=True,
+        help="Wigzo API token, sent as 'token' when set")
+    max_in_flight: int = setting(256, env="WIGZO_MAX_IN_FLIGHT", flag="--max-in-flight", parse=_positive_int,
+                                 help="Wigzo requests in flight at once")
+    ordering: str = setting(
+        "key", env="DELIVERY_ORDERING", flag="--ordering", parse=_choice(ORDERING_MODES),
+        help="delivery order: per message key (default), per partition, or unordered")
+    input_formats: Mapping[str, str] = setting(
+        {"*": "auto"}, env="INPUT_FORMAT", flag="--input-format", parse=_topic_formats, shown="auto",
+        help="input format: auto|avro-confluent|avro|json, or per topic as 'topic=format,...'")
+    avro_writer_schema: str = setting(
+        "", env="AVRO_WRITER_SCHEMA", flag="--avro-writer-schema", parse=str,
+        help="writer schema (.avsc path) for schemaless Avro input")
+    schema_registry_url: str = setting(
+        "", env="SCHEMA_REGISTRY_URL", flag="--schema-registry-url", parse=str,
+        help="Confluent Schema Registry URL; without it schema ids resolve from schemas/registry.json")
+    max_event_bytes: int = setting(
+        32 * 1024, env="MAX_EVENT_BYTES", flag="--max-event-bytes", parse=_positive_int,
+        help="largest accepted event (Segment caps events at 32 KB)")
+    event_name_map: Mapping[str, str | None] = setting(
+        {}, env="WIGZO_EVENT_MAP", flag="--event-map", parse=_event_name_map,
+        help="JSON object (inline or file path) mapping Segment event names to Wigzo names, null to skip")
+    connect_timeout: float = setting(5.0, env="WIGZO_CONNECT_TIMEOUT", flag="--connect-timeout",
+                                     parse=_positive_float, help="seconds to establish a connection to Wigzo")
+    read_timeout: float = setting(15.0, env="WIGZO_READ_TIMEOUT", flag="--read-timeout", parse=_positive_float,
+                                  help="seconds to wait for Wigzo's response")
+    ca_bundle: str = setting("", env="WIGZO_CA_BUNDLE", flag="--ca-bundle", parse=str, shown="system",
+                             help="CA bundle for Wigzo's TLS certificate")
+    retry_statuses: frozenset[int] = setting(
+        frozenset({408, 500, 502, 503, 504}), env="WIGZO_RETRY_STATUSES", flag="--retry-statuses",
+        parse=_retry_statuses,
+        help="HTTP statuses retried with backoff (any other 5xx is retried too; other 4xx are dead-lettered)")
+    max_attempts: int = setting(
+        10, env="WIGZO_MAX_ATTEMPTS", flag="--max-attempts", parse=_positive_int,
+        help="attempts per event before it is dead-lettered (only while Wigzo serves other events)")
+    retry_budget_seconds: float = setting(
+        300.0, env="WIGZO_RETRY_BUDGET_SECONDS", flag="--retry-budget", parse=_positive_float,
+        help="seconds an event may keep retrying before it is dead-lettered (same condition)")
+    max_pending_per_partition: int = setting(
+        1000, env="MAX_PENDING_PER_PARTITION", flag="--max-pending-per-partition", parse=_positive_int,
+        help="messages read but not yet committed per partition before it is paused")
+    systemic_failure_threshold: int = setting(
+        10, env="WIGZO_SYSTEMIC_FAILURE_THRESHOLD", flag="--systemic-failure-threshold", parse=_positive_int,
+        help="distinct events failing the same way in a row (Wigzo's answer, or the mapping's rejection), with no "
+             "success between, that make it a configuration problem: the rest are held, not dead-lettered")
+    startup_timeout: float = setting(
+        60.0, env="STARTUP_TIMEOUT", flag="--startup-timeout", parse=_positive_float,
+        help="seconds to reach the broker, find the topics and join the group before a batch run gives up")
+    workers: int = setting(
+        1, env="WORKERS", flag="--workers", parse=_positive_int,
+        help="consumer-group members in this container, one process each under a supervisor (run only)")
+    metrics_port: int = setting(9400, env="METRICS_PORT", flag="--metrics-port", parse=_port,
+                                help="port serving /metrics, /healthz and /readyz; 0 turns it off")
+    log_format: str = setting("auto", env="LOG_FORMAT", flag="--log-format", parse=_choice(LOG_FORMATS),
+                              help="json, text, or auto (json unless stderr is a terminal)")
+    log_level: str = setting("INFO", env="LOG_LEVEL", flag="--log-level", parse=_choice(LOG_LEVELS),
+                             help="DEBUG, INFO, WARNING or ERROR")
+    # librdkafka settings passed through (KAFKA_OPT_<KEY>, --kafka-config, [kafka]), credentials as Secret
+    kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)
 
     def dlq_topic_for(self, source_topic: str) -> str:
         return self.dlq_topic or f"{source_topic}.dlq"
@@ -225,6 +251,11 @@ class Settings:
         """Every credential in these settings, for the scrubbers of logs, errors and dead-letter headers."""
         return (self.wigzo_org_token, self.wigzo_api_token,
                 *(value for value in self.kafka_config.values() if isinstance(value, Secret)))
+
+
+# every setting a user sets, in declaration order (kafka_config has sources of its own)
+OPTIONS: tuple[Option, ...] = tuple(Option(f.name, **f.metadata[_DECLARATION]) for f in fields(Settings)
+                                     if _DECLARATION in f.metadata)
 
 
 def add_options(parser: argparse.ArgumentParser, attrs: set[str] | None = None) -> None:

@@ -89,7 +89,7 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", log_format: str = "auto", secrets: Iterable[Secret] = ()) -> None:
+def configure_logging(level: str, log_format: str, secrets: Iterable[Secret] = ()) -> None:
     """Route every logger (librdkafka's included) to stderr in one format; `auto` is JSON unless a person
     is watching (stderr is a terminal)."""
     scrub = Scrubber(secrets)

@@ -12,12 +12,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, TypeVar
-
-from pipeline.config import DEFAULT_RETRY_STATUSES
 
 if TYPE_CHECKING:  # only the type: importing the transport would load the HTTP library
     from pipeline.wigzo.transport import TransportError
@@ -33,9 +31,10 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
-    """The tunable part of delivery. Defaults suit the real Wigzo; tests pass time-scaled copies."""
+    """The tunable part of delivery. Defaults suit the real Wigzo; tests pass time-scaled copies.
+    `retry_statuses` is the user's setting (WIGZO_RETRY_STATUSES), so it has no default here."""
 
-    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+    retry_statuses: frozenset[int] = field(kw_only=True)
     throttle_statuses: frozenset[int] = frozenset({429})
     auth_statuses: frozenset[int] = frozenset({401, 403})
     backoff_base: float = 0.5

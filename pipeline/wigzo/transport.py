@@ -98,7 +98,8 @@ class RequestsTransport:
     tenth of the pipeline's Python time. A running consumer's environment does not change.
     """
 
-    def __init__(self, pool_size: int, ca_bundle: str | None = None) -> None:
+    def __init__(self, pool_size: int, ca_bundle: str) -> None:
+        """`ca_bundle` is WIGZO_CA_BUNDLE's value; empty trusts the system's CA store (or REQUESTS_CA_BUNDLE)."""
         session = requests.Session()  # for merge_environment_settings: proxies, CA bundle as requests reads them
         # requests' default pool keeps 10 connections per host and discards the rest after each use. Not
         # blocking: a request beyond pool_size (the client lets more out while some hang) opens a connection

@@ -32,8 +32,8 @@ from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 
 pytestmark = pytest.mark.integration
 
-FAST = DeliveryPolicy(backoff_base=0.05, backoff_cap=0.2, probe_base=0.1, probe_cap=0.5,
-                      auth_probe_base=0.2, auth_probe_cap=0.5, gate_poll=0.02)
+FAST = DeliveryPolicy(retry_statuses=Settings().retry_statuses, backoff_base=0.05, backoff_cap=0.2, probe_base=0.1,
+                      probe_cap=0.5, auth_probe_base=0.2, auth_probe_cap=0.5, gate_poll=0.02)
 HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+$")
 
 

@@ -103,6 +103,16 @@ def test_every_option_is_a_settings_field_whose_default_applies_when_unset() -> 
     assert load_settings(None, environ={}) == defaults
 
 
+def test_a_shown_default_is_the_default_as_its_variable_would_hold_it() -> None:
+    """What the docs show is checked against `shown_default`; this checks `shown_default` against the value. An
+    empty default is shown as a word (`unset`, `required`, `system`, `<source topic>.dlq`) and cannot parse."""
+    defaults = Settings()
+    for option in OPTIONS:
+        default = getattr(defaults, option.attr)
+        if default:
+            assert option.parse(option.shown_default) == default, option.attr
+
+
 # --- the config file, precedence and secrets from files ---------------------------------------------------------
 
 LAYER_VALUES = {  # what each source sets, and what Settings holds when that source wins

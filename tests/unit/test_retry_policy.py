@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
 import pytest
 
+from pipeline.config import Settings
 from pipeline.wigzo.policy import (
     CircuitBreaker,
     ConcurrencyLimit,
@@ -27,7 +29,7 @@ from pipeline.wigzo.policy import (
 )
 from pipeline.wigzo.transport import TransportError
 
-POLICY = DeliveryPolicy()
+POLICY = DeliveryPolicy(retry_statuses=Settings().retry_statuses)  # as delivery builds it from default settings
 
 
 @pytest.mark.parametrize("status, verdict", [
@@ -83,7 +85,7 @@ def test_retry_after_http_date_from_formatter_roundtrips() -> None:
 
 
 def test_backoff_grows_exponentially_up_to_its_cap_with_full_jitter() -> None:
-    policy = DeliveryPolicy(backoff_base=0.5, backoff_cap=8.0)
+    policy = replace(POLICY, backoff_base=0.5, backoff_cap=8.0)
     rng = random.Random(7)
     for retry_number, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (4, 8.0), (10, 8.0), (10_000, 8.0)]:
         delays = [backoff_delay(policy, retry_number, rng) for _ in range(300)]
@@ -97,7 +99,7 @@ def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
 
 
 def test_retry_after_is_a_floor_never_shortened_and_capped_when_absurd() -> None:
-    policy = DeliveryPolicy(backoff_base=0.5, retry_after_cap=300.0)
+    policy = replace(POLICY, backoff_base=0.5, retry_after_cap=300.0)
     rng = random.Random(3)
     delays = [retry_delay(policy, 1, 2.0, rng) for _ in range(200)]
     assert all(2.0 <= d <= 2.5 for d in delays)
@@ -105,8 +107,8 @@ def test_retry_after_is_a_floor_never_shortened_and_capped_when_absurd() -> None
     assert 0.0 <= retry_delay(policy, 1, None, rng) <= 1.0
 
 
-FAST = DeliveryPolicy(circuit_window=10, circuit_min_calls=4, circuit_failure_ratio=0.75,
-                      probe_base=1.0, probe_cap=8.0, auth_probe_base=5.0, auth_probe_cap=20.0)
+FAST = replace(POLICY, circuit_window=10, circuit_min_calls=4, circuit_failure_ratio=0.75,
+               probe_base=1.0, probe_cap=8.0, auth_probe_base=5.0, auth_probe_cap=20.0)
 
 
 def breaker(systemic_threshold: int = 3) -> CircuitBreaker:
@@ -248,7 +250,7 @@ def test_served_counts_every_answer_that_proves_wigzo_works() -> None:
 
 def test_auth_probes_are_capped_near_five_seconds_by_default() -> None:
     """An operator fixing the token gets delivery back within seconds (it used to back off to 60 s)."""
-    b = CircuitBreaker(DeliveryPolicy(), random.Random(0), systemic_threshold=10)
+    b = CircuitBreaker(POLICY, random.Random(0), systemic_threshold=10)
     b.record(Verdict.AUTH, 0.0, 0.0, probe=False)
     now, waits = 0.0, []
     for _ in range(8):
@@ -264,7 +266,7 @@ def test_auth_probes_are_capped_near_five_seconds_by_default() -> None:
 
 def test_a_hanging_probe_counts_as_failed_after_stall_after() -> None:
     """A probe Wigzo leaves hanging must not hold the next one back until its read timeout."""
-    b = CircuitBreaker(DeliveryPolicy(probe_base=1.0, stall_after=3.0), random.Random(0), systemic_threshold=10)
+    b = CircuitBreaker(replace(POLICY, probe_base=1.0, stall_after=3.0), random.Random(0), systemic_threshold=10)
     for _ in range(10):
         b.record(Verdict.RETRY, 0.0, 0.0, probe=False)
     assert b.state is Health.CIRCUIT_OPEN
@@ -280,7 +282,7 @@ def test_a_hanging_probe_counts_as_failed_after_stall_after() -> None:
 
 def test_timeouts_of_requests_left_hanging_before_a_later_success_do_not_open_the_circuit() -> None:
     """Wigzo hung, then answered again: the requests it left hanging time out together, seconds later."""
-    b = CircuitBreaker(DeliveryPolicy(stall_after=3.0), random.Random(0), systemic_threshold=10)
+    b = CircuitBreaker(replace(POLICY, stall_after=3.0), random.Random(0), systemic_threshold=10)
     b.record(Verdict.DELIVERED, sent_at=10.0, now=10.01, probe=False)  # sent after the hanging ones
     for _ in range(20):
         assert b.record(Verdict.RETRY, sent_at=1.0, now=16.0, probe=False, label="ReadTimeout") is None
@@ -366,13 +368,13 @@ def answers(limit: ConcurrencyLimit, rng: random.Random, share_429: float, count
 
 def test_scattered_429s_never_lower_the_limit() -> None:
     """Each throttled request waits out its own Retry-After; halving the client for stray 429s starved it."""
-    limit = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
+    limit = ConcurrencyLimit(POLICY, maximum=64)
     assert answers(limit, random.Random(1), 0.10, 20_000, sent_at=0.0, now=1.0) == 0
     assert limit.allowed == 64 and not limit.throttled
 
 
 def test_a_window_mostly_answered_429_halves_the_limit_once() -> None:
-    policy = DeliveryPolicy(throttle_window=10, throttle_ratio=0.35, throttle_decrease=0.5)
+    policy = replace(POLICY, throttle_window=10, throttle_ratio=0.35, throttle_decrease=0.5)
     limit = ConcurrencyLimit(policy, maximum=32)
     for _ in range(9):
         assert not limit.on_answer(True, sent_at=1.0, now=1.0)
@@ -389,7 +391,7 @@ def test_a_window_mostly_answered_429_halves_the_limit_once() -> None:
 
 
 def test_a_window_below_the_ratio_lowers_nothing() -> None:
-    limit = ConcurrencyLimit(DeliveryPolicy(throttle_window=20, throttle_ratio=0.35), maximum=32)
+    limit = ConcurrencyLimit(replace(POLICY, throttle_window=20, throttle_ratio=0.35), maximum=32)
     for n in range(20):
         assert not limit.on_answer(n < 6, sent_at=1.0, now=1.0)  # 6 of 20 = 30%
     assert limit.allowed == 32
@@ -399,7 +401,7 @@ def test_a_window_below_the_ratio_lowers_nothing() -> None:
 
 
 def test_the_limit_floors_at_one_and_recovers_additively() -> None:
-    limit = ConcurrencyLimit(DeliveryPolicy(throttle_window=1, throttle_ratio=0.5), maximum=32)
+    limit = ConcurrencyLimit(replace(POLICY, throttle_window=1, throttle_ratio=0.5), maximum=32)
     for now in range(1, 10):
         limit.on_answer(True, sent_at=float(now), now=float(now))
     assert limit.allowed == 1
@@ -413,7 +415,7 @@ def test_the_limit_floors_at_one_and_recovers_additively() -> None:
 
 def test_a_stall_lowers_the_limit_at_most_once_per_stall_after() -> None:
     """Stalled requests stop counting against the limit; halving is what keeps them to about 2x the maximum."""
-    limit = ConcurrencyLimit(DeliveryPolicy(stall_after=3.0), maximum=64)
+    limit = ConcurrencyLimit(replace(POLICY, stall_after=3.0), maximum=64)
     assert limit.on_stall(10.0) and limit.allowed == 32
     assert not limit.on_stall(12.9)
     assert limit.on_stall(13.0) and limit.allowed == 16
@@ -429,10 +431,10 @@ def test_the_default_throttle_rule_separates_random_429s_from_a_rate_limit() -> 
     """With the defaults, 20% random 429s (a server shedding load) rarely lower the limit; 60% (a rate limit
     we exceed 2.5 times over) lower it within a window or two."""
     rng = random.Random(3)
-    random_shedding = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
+    random_shedding = ConcurrencyLimit(POLICY, maximum=64)
     assert answers(random_shedding, rng, 0.20, 5_000, sent_at=0.0, now=1.0) <= 1
-    over_the_limit = ConcurrencyLimit(DeliveryPolicy(), maximum=64)
-    assert answers(over_the_limit, rng, 0.60, 2 * DeliveryPolicy().throttle_window, sent_at=0.0, now=1.0) == 1
+    over_the_limit = ConcurrencyLimit(POLICY, maximum=64)
+    assert answers(over_the_limit, rng, 0.60, 2 * POLICY.throttle_window, sent_at=0.0, now=1.0) == 1
 
 
 def test_the_budget_is_spent_only_by_failures_while_others_are_served() -> None:

@@ -29,6 +29,7 @@ from pipeline.wigzo.transport import (
 
 URL = "https://wigzo.test/rest/v1/learn/event"
 QUERY = (("token", "api"), ("org_token", "org"))
+SYSTEM_TRUST = ""  # WIGZO_CA_BUNDLE unset: the system's CA store
 
 
 def answer(status: int, body: bytes = b"{}", set_cookie: str = "", **headers: str) -> urllib3.HTTPResponse:
@@ -61,7 +62,7 @@ class ScriptedAdapter(HTTPAdapter):
         return self.build_response(request, step)
 
 
-def scripted(script: list[urllib3.HTTPResponse | BaseException], ca_bundle: str | None = None,
+def scripted(script: list[urllib3.HTTPResponse | BaseException], ca_bundle: str = SYSTEM_TRUST,
              ) -> tuple[RequestsTransport, ScriptedAdapter]:
     transport = RequestsTransport(8, ca_bundle)
     adapter = ScriptedAdapter(script)
@@ -84,7 +85,7 @@ def no_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_adapter_pools_as_many_connections_as_it_is_told() -> None:
-    adapter = RequestsTransport(48)._adapter
+    adapter = RequestsTransport(48, SYSTEM_TRUST)._adapter
     assert adapter._pool_maxsize == 48  # type: ignore[attr-defined]
     assert adapter.max_retries.total == 0
 
@@ -198,7 +199,7 @@ def test_a_body_cut_off_midway_is_transient() -> None:
 
 def test_a_url_requests_cannot_build_is_a_permanent_error() -> None:
     with pytest.raises(TransportError) as raised:
-        send(RequestsTransport(1), "https://")
+        send(RequestsTransport(1, SYSTEM_TRUST), "https://")
     assert raised.value.label == "InvalidURL" and not raised.value.transient
 
 
@@ -213,7 +214,7 @@ def test_a_header_requests_cannot_send_is_a_permanent_error_and_is_never_sent() 
 def test_a_request_beyond_the_pool_opens_a_connection_of_its_own_at_once() -> None:
     """Requests left hanging stop counting against the client's limit, so more than pool_size can be on the
     wire: the pool must hand each one beyond its size a new connection instead of blocking the sender."""
-    pool = RequestsTransport(2)._session.get_adapter(URL).poolmanager.connection_from_url(URL)
+    pool = RequestsTransport(2, SYSTEM_TRUST)._session.get_adapter(URL).poolmanager.connection_from_url(URL)
     connections = [pool._get_conn(timeout=0) for _ in range(3)]  # not connected yet: no network needed
     assert len({id(connection) for connection in connections}) == 3
 
@@ -229,7 +230,7 @@ def test_the_connection_pool_key_is_worked_out_once_per_origin(monkeypatch: pyte
         return original(self, request, verify, cert)
 
     monkeypatch.setattr(HTTPAdapter, "build_connection_pool_key_attributes", counting)
-    adapter = RequestsTransport(4)._adapter
+    adapter = RequestsTransport(4, SYSTEM_TRUST)._adapter
     for url in (URL, URL + "?x=1", "https://other.test/", URL):
         adapter.build_connection_pool_key_attributes(requests.Request("POST", url).prepare(), "/etc/ca.pem")
     assert computed == [URL, "https://other.test/"]

@@ -29,6 +29,7 @@ from pipeline.wigzo.transport import RequestsTransport, Response, TransportError
 ORG, API = "org-SECRET-1", "api-SECRET-2"
 SETTINGS = Settings(wigzo_base_url="https://wigzo.test", wigzo_org_token=Secret(ORG),
                     wigzo_api_token=Secret(API), max_in_flight=48, connect_timeout=3.0, read_timeout=7.0)
+POLICY = DeliveryPolicy(retry_statuses=SETTINGS.retry_statuses)  # as the client builds it from SETTINGS
 REQUEST = WigzoRequest("POST", "/rest/v1/learn/event", (("token", API), ("org_token", ORG)),
                        {"eventName": "x"}, (("Idempotency-Key", "msg-1"),))
 
@@ -151,7 +152,7 @@ def test_an_unserializable_body_is_permanent_without_sending() -> None:
 
 
 def test_backoff_waits_come_from_the_injected_rng_through_stop_wait() -> None:
-    policy = DeliveryPolicy(backoff_base=1.0, backoff_cap=100.0)
+    policy = replace(POLICY, backoff_base=1.0, backoff_cap=100.0)
     timeout = TransportError("ReadTimeout", "read timed out", transient=True)
     transport = ScriptedTransport([response(503), timeout, response(200)])
     stop = RecordingStop()
@@ -165,7 +166,8 @@ def test_a_retry_after_http_date_is_measured_against_the_injected_wall_clock() -
     now = 1_800_000_000.0
     transport = ScriptedTransport([response(429, **{"Retry-After": formatdate(now + 42, usegmt=True)}), response(200)])
     stop = RecordingStop()
-    client = WigzoClient(SETTINGS, transport=transport, wall_clock=lambda: now, policy=DeliveryPolicy(backoff_base=0.5))
+    client = WigzoClient(SETTINGS, transport=transport, wall_clock=lambda: now,
+                         policy=replace(POLICY, backoff_base=0.5))
     assert client.deliver(REQUEST, stop) == Delivered(200, 2)
     [wait] = stop.waits
     assert 42.0 <= wait <= 42.5
@@ -230,7 +232,7 @@ def test_failures_while_nobody_is_served_never_dead_letter() -> None:
 
 def test_a_rejected_token_holds_the_event_at_the_gate_without_backing_off(caplog: pytest.LogCaptureFixture) -> None:
     clock = SimulatedClock()
-    policy = DeliveryPolicy(backoff_base=50.0, backoff_cap=100.0, auth_probe_base=2.0, gate_poll=0.1)
+    policy = replace(POLICY, backoff_base=50.0, backoff_cap=100.0, auth_probe_base=2.0, gate_poll=0.1)
     transport = ScriptedTransport([response(401), response(200)])
     client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=policy, rng=random.Random(1))
     states: set[str] = set()
@@ -252,7 +254,7 @@ def test_a_step_makes_one_attempt_and_says_how_long_to_wait_instead_of_sleeping(
     clock = SimulatedClock()
     transport = ScriptedTransport([response(503), response(429, **{"Retry-After": "7"}), response(200)])
     client = WigzoClient(SETTINGS, transport=transport, clock=clock, rng=random.Random(2),
-                         policy=DeliveryPolicy(backoff_base=1.0))
+                         policy=replace(POLICY, backoff_base=1.0))
     attempts, stop = client.start(REQUEST), threading.Event()
     backoff = client.attempt(attempts, stop)
     assert isinstance(backoff, Wait) and backoff.wake == () and 0.0 <= backoff.seconds <= 2.0
@@ -274,7 +276,7 @@ def test_a_step_after_stop_aborts_without_sending() -> None:
 def misconfigured_client(script: list[Response | TransportError], clock: SimulatedClock,
                          threshold: int = 3) -> tuple[WigzoClient, ScriptedTransport]:
     transport = ScriptedTransport(script)
-    policy = DeliveryPolicy(auth_probe_base=1.0, auth_probe_cap=5.0, gate_poll=0.1)
+    policy = replace(POLICY, auth_probe_base=1.0, auth_probe_cap=5.0, gate_poll=0.1)
     client = WigzoClient(replace(SETTINGS, systemic_failure_threshold=threshold, wigzo_base_url="https://wigzo.test/v2"),
                          transport=transport, clock=clock, policy=policy, rng=random.Random(4))
     return client, transport
@@ -368,7 +370,7 @@ def test_requests_hanging_past_stall_after_stop_holding_their_slots(caplog: pyte
     hung = [f"h{n}" for n in range(4)]
     transport = HangingTransport(set(hung))
     client = WigzoClient(replace(SETTINGS, max_in_flight=4), transport=transport, clock=clock,
-                         policy=DeliveryPolicy(stall_after=3.0, gate_poll=0.01))
+                         policy=replace(POLICY, stall_after=3.0, gate_poll=0.01))
     stop = threading.Event()
     in_flight = sample("wigzo_pipeline_in_flight")
     hanging = [threading.Thread(target=client.deliver, args=(keyed(key), stop)) for key in hung]
@@ -417,7 +419,7 @@ def test_each_attempt_is_counted_by_answer_and_each_retry_by_reason() -> None:
 def test_a_rejected_token_sets_the_auth_gauge_while_it_lasts() -> None:
     clock = SimulatedClock()
     client = WigzoClient(SETTINGS, transport=ScriptedTransport([response(401), response(200)]), clock=clock,
-                         policy=DeliveryPolicy(auth_probe_base=1.0))
+                         policy=replace(POLICY, auth_probe_base=1.0))
     auth_retries = sample("wigzo_pipeline_retries_total", reason="auth")
     gauges: set[tuple[float, float, float]] = set()
     stop = RecordingStop(clock=clock, meanwhile=lambda: gauges.add(
@@ -429,7 +431,7 @@ def test_a_rejected_token_sets_the_auth_gauge_while_it_lasts() -> None:
 
 def test_a_window_of_429s_lowers_concurrency_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
     clock = SimulatedClock()
-    policy = DeliveryPolicy(throttle_window=4, throttle_ratio=0.5, backoff_base=0.0)
+    policy = replace(POLICY, throttle_window=4, throttle_ratio=0.5, backoff_base=0.0)
     transport = ScriptedTransport([response(429, **{"Retry-After": "0"})] * 8 + [response(200)])
     client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=policy)
     with caplog.at_level(logging.WARNING, logger="pipeline.wigzo.client"):
