@@ -41,6 +41,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._waiting: asyncio.TimerHandle | None = None
+        self._next: asyncio.Handle | None = None  # the turn of the loop that answers the next pipelined request
         self._busy = False  # an answer is delayed or the request hangs: later requests wait their turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,40 +49,54 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         self._open.add(self)
         self._wigzo.connections_opened += 1
+        self._wigzo.connections_open += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._open.discard(self)
-        if self._waiting:
-            self._waiting.cancel()
+        self._wigzo.connections_open -= 1
+        for pending in (self._waiting, self._next):
+            if pending:
+                pending.cancel()
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        self._serve()
+        if self._next is None:
+            self._serve()
 
     def abort(self) -> None:
         if self._transport:
             self._transport.abort()
 
     def _serve(self) -> None:
-        while not self._busy and self._transport and not self._transport.is_closing():
-            request = self._parse()
-            if request is None:
-                return
-            answer, delay = self._wigzo.answer(request)
-            if answer == HANG:
-                self._busy = True
-            elif delay:
-                self._busy = True
-                self._waiting = asyncio.get_running_loop().call_later(delay, self._deliver, answer, request.keep_alive)
-            else:
-                self._send(answer, request.keep_alive)
+        """Answer the request at the head of the buffer; one pipelined behind it is answered on the next turn of
+        the loop. In between the loop notices a client that reset the connection, so no answer is written to a
+        dead one (asyncio would log a warning for each: thousands when a client pipelined a burst over TLS)."""
+        self._next = None
+        if self._busy or self._transport is None or self._transport.is_closing():
+            return
+        request = self._parse()
+        if request is None:
+            return
+        answer, delay = self._wigzo.answer(request)
+        if answer == HANG:
+            self._busy = True
+        elif delay:
+            self._busy = True
+            self._waiting = asyncio.get_running_loop().call_later(delay, self._deliver, answer, request.keep_alive)
+        else:
+            self._send(answer, request.keep_alive)
+            self._serve_next()
 
     def _deliver(self, answer: Answer | str, keep_alive: bool) -> None:
         self._busy = False
         self._waiting = None
         self._send(answer, keep_alive)
-        self._serve()
+        self._serve_next()
+
+    def _serve_next(self) -> None:
+        if self._buffer and self._next is None:
+            self._next = asyncio.get_running_loop().call_soon(self._serve)
 
     def _send(self, answer: Answer | str, keep_alive: bool) -> None:
         if self._transport is None:

@@ -30,7 +30,8 @@ Control API (JSON; not subject to faults):
     GET  /_sandbox/violations  {"violations": [...]} Retry-After violations in arrival order, each
                                {"path", "idempotency_key", "received_at", "attempt", "retry_after",
                                "early_s"} (early_s = how long before the allowed time it arrived)
-    GET  /_sandbox/stats       {"accepted", "seen", "connections_opened", "retry_after_violations"}
+    GET  /_sandbox/stats       {"accepted", "seen", "connections_opened", "connections_open",
+                               "retry_after_violations"}
     GET  /_sandbox/faults      the faults in force (outage_seconds = what is left of the outage)
     POST /_sandbox/faults      change the given faults, e.g. {"error_rate": 0.2}; 400 on an unknown one.
                                Only a change naming outage_seconds starts (or, with 0, ends) an outage;
@@ -229,6 +230,7 @@ class Wigzo:
         self.initial_faults = faults.validated()
         self.rng = random.Random()
         self.connections_opened = 0
+        self.connections_open = 0
         self.reset()
 
     def reset(self) -> None:
@@ -359,6 +361,7 @@ class Wigzo:
         if route == ("GET", "/_sandbox/stats"):
             return Answer(200, orjson.dumps({"accepted": len(self.accepted), "seen": len(self.seen),
                                               "connections_opened": self.connections_opened,
+                                              "connections_open": self.connections_open,
                                               "retry_after_violations": len(self.violations)}))
         if route == ("GET", "/_sandbox/faults"):
             return Answer(200, orjson.dumps(self.current_faults()))
