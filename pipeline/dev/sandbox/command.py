@@ -8,25 +8,15 @@ import os
 import signal
 import ssl
 import threading
+from dataclasses import fields
 from typing import Any
 
 from pipeline.dev.sandbox.server import SandboxServer
 from pipeline.dev.sandbox.wigzo_rules import Faults, SandboxError
 
-FAULT_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("latency_ms", float, "delay every answer by this many milliseconds"),
-    ("latency_jitter_ms", float, "add a random delay up to this many milliseconds"),
-    ("error_rate", float, "share of requests answered 500/503"),
-    ("throttle_rate", float, "share of requests answered 429 with Retry-After"),
-    ("retry_after_s", int, "the Retry-After seconds sent with 429"),
-    ("hang_rate", float, "share of requests never answered"),
-    ("drop_rate", float, "share of connections dropped without an answer"),
-    ("outage_seconds", float, "answer everything 503 for this many seconds from start"),
-    ("rate_limit_per_second", float, "token bucket rate limit: requests allowed per second, beyond it 429"),
-    ("rate_limit_burst", int, "tokens the rate limit saves up (default: one second's worth)"),
-    ("fail_first_attempts", int, "answer each idempotency key's first N attempts with --fail-with"),
-    ("fail_with", str, 'status for --fail-first-attempts, or "hang" / "drop"'),
-)
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     parser.add_argument("--org-token", default=None, help="the org_token to require [env WIGZO_ORG_TOKEN]")
     parser.add_argument("--api-token", default=None, help="the token to require, if any [env WIGZO_API_TOKEN]")
-    for name, kind, help_text in FAULT_FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
-    parser.add_argument("--unauthorized", action="store_true", default=None, help="answer everything 401")
-    parser.add_argument("--reject-event-names", default=None, metavar="NAME,...",
-                        help="answer events with these eventName values 400")
+    for fault in fields(Faults):  # a flag for every fault, unset unless given
+        flag, help_text = f"--{fault.name.replace('_', '-')}", fault.metadata["help"]
+        if isinstance(fault.default, bool):
+            parser.add_argument(flag, dest=fault.name, action="store_true", default=None, help=help_text)
+        elif isinstance(fault.default, tuple):
+            parser.add_argument(flag, dest=fault.name, type=_names, default=None, metavar="NAME,...", help=help_text)
+        else:
+            parser.add_argument(flag, dest=fault.name, type=type(fault.default), default=None, help=help_text)
     parser.add_argument("--tls-cert", default=None, metavar="FILE", help="serve HTTPS with this PEM certificate "
                         "(chain); needs --tls-key")
     parser.add_argument("--tls-key", default=None, metavar="FILE", help="the PEM private key for --tls-cert")
@@ -57,12 +50,8 @@ def _ssl_context_from(cert_file: str, key_file: str) -> ssl.SSLContext:
 def main(args: argparse.Namespace) -> int:
     org_token = args.org_token or os.environ.get("WIGZO_ORG_TOKEN", "")
     api_token = args.api_token or os.environ.get("WIGZO_API_TOKEN") or None
-    changes: dict[str, Any] = {name: getattr(args, name) for name, _, _ in FAULT_FLAGS
-                               if getattr(args, name) is not None}
-    if args.unauthorized:
-        changes["unauthorized"] = True
-    if args.reject_event_names:
-        changes["reject_event_names"] = [n.strip() for n in args.reject_event_names.split(",") if n.strip()]
+    changes: dict[str, Any] = {fault.name: getattr(args, fault.name) for fault in fields(Faults)
+                               if getattr(args, fault.name) is not None}
     try:
         faults = Faults().updated(changes)
     except ValueError as exc:

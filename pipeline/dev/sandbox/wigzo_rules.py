@@ -53,7 +53,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -71,24 +71,30 @@ class SandboxError(PipelineError):
     it cannot start (no org token, unusable TLS files); the message says which."""
 
 
+def _fault(default: Any, help_text: str) -> Any:
+    """A `Faults` field; `help_text` documents it here and is its command-line flag's help."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(slots=True)
 class Faults:
     """Misbehaviour to inject. Rates are shares of learn requests, 0.0 to 1.0."""
 
-    latency_ms: float = 0.0
-    latency_jitter_ms: float = 0.0        # extra latency, uniform in [0, this]
-    error_rate: float = 0.0               # answered 500 or 503 (half each)
-    throttle_rate: float = 0.0            # answered 429 with Retry-After: retry_after_s
-    retry_after_s: int = 1
-    hang_rate: float = 0.0                # never answered (the connection is held until the client leaves)
-    drop_rate: float = 0.0                # connection closed without an answer
-    outage_seconds: float = 0.0           # every request answered 503 for this long from when it is set
-    rate_limit_per_second: float = 0.0    # token bucket refill rate; 0 = no rate limit
-    rate_limit_burst: int = 0             # tokens the bucket holds; 0 = one second's worth (at least 1)
-    unauthorized: bool = False            # every request answered 401, as if the token were revoked
-    reject_event_names: tuple[str, ...] = ()  # events with these eventName values answered 400
-    fail_first_attempts: int = 0          # each idempotency key's first N attempts answered with fail_with
-    fail_with: str = "503"                # an HTTP status, "hang" or "drop"
+    latency_ms: float = _fault(0.0, "delay every answer by this many milliseconds")
+    latency_jitter_ms: float = _fault(0.0, "add a random delay up to this many milliseconds")
+    error_rate: float = _fault(0.0, "share of requests answered 500 or 503 (half each)")
+    throttle_rate: float = _fault(0.0, "share of requests answered 429 with Retry-After")
+    retry_after_s: int = _fault(1, "the Retry-After seconds sent with the 429s of throttle_rate and fail_with")
+    hang_rate: float = _fault(0.0, "share of requests never answered (held until the client leaves)")
+    drop_rate: float = _fault(0.0, "share of requests whose connection is closed without an answer")
+    outage_seconds: float = _fault(0.0, "answer everything 503 for this many seconds from when it is set")
+    rate_limit_per_second: float = _fault(0.0, "token bucket rate limit: requests allowed per second, beyond it "
+                                               "429; 0: no rate limit")
+    rate_limit_burst: int = _fault(0, "tokens the rate limit saves up; 0: one second's worth (at least 1)")
+    unauthorized: bool = _fault(False, "answer everything 401, as if the token were revoked")
+    reject_event_names: tuple[str, ...] = _fault((), "answer events with these eventName values 400")
+    fail_first_attempts: int = _fault(0, "answer each idempotency key's first N attempts with fail_with")
+    fail_with: str = _fault("503", 'the answer for fail_first_attempts: an HTTP status, "hang" or "drop"')
 
     def validated(self) -> Faults:
         for name in ("error_rate", "throttle_rate", "hang_rate", "drop_rate"):
