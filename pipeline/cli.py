@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "redrive": ("pipeline.ops.redrive", "reprocess dead letters through the current code and configuration"),
     "check": ("pipeline.ops.check", "read-only readiness check of configuration, Kafka, topics, group and Wigzo"),
     "dlq": ("pipeline.ops.inspect_dlq", "summarize or show the dead letters in the dead-letter topic (read-only)"),
-    "sandbox": ("pipeline.dev.sandbox", "serve the Wigzo sandbox (a local stand-in for Wigzo)"),
+    "sandbox": ("pipeline.dev.sandbox.command", "serve the Wigzo sandbox (a local stand-in for Wigzo)"),
     "kafka": ("pipeline.dev.local_kafka", "start, stop or check the project's local Kafka"),
     "demo": ("pipeline.dev.demo", "run the whole pipeline on local Kafka + sandbox + sample events, and report"),
     "produce-sample": ("pipeline.dev.produce_sample", "produce the seeded sample event stream to a topic on any Kafka"),

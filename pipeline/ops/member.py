@@ -20,7 +20,7 @@ from pipeline.telemetry.logs import KAFKA_LOGGER
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
 if TYPE_CHECKING:
-    from pipeline.ops.supervisor import MemberHealth
+    from pipeline.ops.member_health import MemberHealth
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
-from multiprocessing.sharedctypes import Synchronized, SynchronizedString
 
-import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from pipeline.config import Settings
+from pipeline.ops.member_health import MemberHealth
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
 log = logging.getLogger(__name__)
@@ -33,26 +32,6 @@ log = logging.getLogger(__name__)
 CRASH_WINDOW = 60.0     # seconds over which crashes are counted
 MAX_CRASHES = 5         # crashes of one member within the window before the supervisor gives up
 BACKOFF_CAP = 30.0
-REASONS_BYTES = 2048
-
-
-@dataclass
-class MemberHealth:
-    """What a member process shares with its supervisor: when its loop last polled (monotonic clocks are
-    system-wide on Linux) and why it is not ready, as JSON."""
-
-    last_poll: Synchronized[float]
-    reasons: SynchronizedString
-
-    def publish(self, last_poll: float, reasons: list[str]) -> None:
-        self.last_poll.value = last_poll
-        self.reasons.value = orjson.dumps(reasons)[: REASONS_BYTES - 1]
-
-    def read_reasons(self) -> list[str]:
-        try:
-            return list(orjson.loads(self.reasons.value or b"[]"))
-        except orjson.JSONDecodeError:  # cut at the buffer's end
-            return ["(reasons too long to show)"]
 
 
 @dataclass
@@ -79,8 +58,7 @@ class Supervisor:
         self._settings = replace(settings, workers=1)
         self._quiet_seconds = quiet_seconds
         self._context = multiprocessing.get_context("spawn")
-        self._members = [_Member(index, MemberHealth(self._context.Value("d", time.monotonic()),
-                                                     self._context.Array("c", REASONS_BYTES)))
+        self._members = [_Member(index, MemberHealth.shared(self._context, time.monotonic()))
                          for index in range(settings.workers)]
         self._stopping = 0  # signals received
 

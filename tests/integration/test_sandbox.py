@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -403,6 +404,24 @@ def test_the_command_serves_with_initial_faults_until_sigterm() -> None:
         assert post(url, IDENTIFY, GOOD_IDENTIFY, org_token="from-env").status_code in (500, 503)
         requests.post(url + "/_sandbox/faults", json={"error_rate": 0}, timeout=5)
         assert post(url, IDENTIFY, GOOD_IDENTIFY, org_token="from-env").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_the_command_takes_every_fault_as_a_flag() -> None:
+    process, url = start_cli("--latency-ms", "1.5", "--retry-after-s", "3", "--unauthorized",
+                             "--reject-event-names", "order_completed, product_view", "--fail-with", "drop",
+                             env={"WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN})
+    try:
+        faults = requests.get(url + "/_sandbox/faults", timeout=5).json()
+        flagged = {name: faults[name] for name in ("latency_ms", "retry_after_s", "unauthorized",
+                                                   "reject_event_names", "fail_with")}
+        assert flagged == {"latency_ms": 1.5, "retry_after_s": 3, "unauthorized": True,
+                           "reject_event_names": ["order_completed", "product_view"], "fail_with": "drop"}
+        assert {name: faults[name] for name in ("error_rate", "outage_seconds")} == {"error_rate": 0.0,
+                                                                                     "outage_seconds": 0.0}
+        assert set(faults) == {fault.name for fault in fields(Faults)}
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -19,8 +21,9 @@ from pipeline.config import Settings
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from pipeline.model import Aborted, Delivered, Secret, WigzoRequest
 from pipeline.wigzo.client import WigzoClient
+from tests.conftest import wait_for
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
-from tests.integration.test_sandbox import GOOD_IDENTIFY, IDENTIFY, post, start_cli
+from tests.integration.test_sandbox import GOOD_IDENTIFY, IDENTIFY, identify_bytes, post, start_cli
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +109,20 @@ def test_a_client_given_the_ca_bundle_delivers(tls_sandbox: Sandbox, ca_pem: str
         wigzo.close()
     [record] = tls_sandbox.control.received()
     assert record["idempotency_key"] == "trusted" and record["body"] == GOOD_IDENTIFY
+
+
+def test_a_client_resetting_a_pipelined_burst_leaves_the_sandbox_quiet(tls_sandbox: Sandbox, ca_pem: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Answers are not written to a connection the client reset: asyncio would log a line for each."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    host, port = tls_sandbox.url.removeprefix("https://").split(":")
+    before = tls_sandbox.control.stats()["connections_open"]
+    context = ssl.create_default_context(cafile=ca_pem)
+    with context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=host) as tls:
+        tls.sendall(b"".join(identify_bytes(f"burst-{n}") for n in range(2000)))
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    wait_for(lambda: tls_sandbox.control.stats()["connections_open"] == before, 10, "the sandbox to see the reset")
+    assert [record.getMessage() for record in caplog.records if record.name == "asyncio"] == []
 
 
 def test_the_command_serves_https_with_tls_flags(ca: trustme.CA, ca_pem: str, tmp_path: Path) -> None:
