@@ -30,6 +30,7 @@ from pipeline.model import PipelineError, Secret
 
 HOST = LOCAL_BOOTSTRAP.rsplit(":", 1)[0]
 PORT = int(LOCAL_BOOTSTRAP.rsplit(":", 1)[1])
+CONTROLLER_OFFSET, SASL_OFFSET = 1, 2  # the controller and SASL listeners take the two ports after PORT
 RESOURCES = resources.files("pipeline.dev") / "resources" / "kafka"
 # The SCRAM user of the SASL listener. A development-only credential: the broker listens on loopback only.
 SASL_MECHANISM = "SCRAM-SHA-256"
@@ -80,42 +81,13 @@ class SaslListener:
                 "sasl.password": self.password.reveal()}
 
 
-@dataclass(frozen=True)
-class LocalKafka:
-    home: Path
-    port: int = field(default_factory=default_port)
+class BrokerFiles:
+    """The broker's files under its home (jars, data, config, pid, log), provisioned from Maven Central."""
 
-    @property
-    def controller_port(self) -> int:
-        return self.port + 1
-
-    @property
-    def sasl_port(self) -> int:
-        return self.port + 2
-
-    @property
-    def libs(self) -> Path:
-        return self.home / "libs"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.home / "broker.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "broker.log"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    @property
-    def sasl(self) -> SaslListener:
-        return SaslListener(f"{HOST}:{self.sasl_port}", SASL_MECHANISM, SASL_USERNAME, SASL_PASSWORD)
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.libs, self.data_dir = home / "libs", home / "data"
+        self.pid_file, self.log_file = home / "broker.pid", home / "broker.log"
 
     def install(self) -> bool:
         """Resolve the broker's jars unless the cache already matches the pom; True if it downloaded."""
@@ -143,39 +115,65 @@ class LocalKafka:
         marker.write_text(digest)
         return True
 
-    def _java(self) -> str:
+    @staticmethod
+    def java() -> str:
         java_home = os.environ.get("JAVA_HOME")
         java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
         if not java or not Path(java).exists():
             raise LocalKafkaError("Java 17+ is needed for the local Kafka: install a JDK or set JAVA_HOME")
         return java
 
-    def _classpath(self) -> str:
+    def classpath(self) -> str:
         return str(self.libs / "*")
 
-    def _write_config(self) -> Path:
+    def write_config(self, port: int) -> Path:
+        """The broker's configuration for listeners on `port` and the two ports after it."""
         template = (RESOURCES / "server.properties").read_text()
         config = self.home / "server.properties"
-        config.write_text(template.format(port=self.port, controller_port=self.controller_port,
-                                          sasl_port=self.sasl_port, data_dir=self.data_dir))
+        config.write_text(template.format(port=port, controller_port=port + CONTROLLER_OFFSET,
+                                          sasl_port=port + SASL_OFFSET, data_dir=self.data_dir))
         (self.home / "log4j2.yaml").write_bytes((RESOURCES / "log4j2.yaml").read_bytes())
         return config
 
-    def _format_storage(self, config: Path) -> None:
+    def format_storage(self, config: Path) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
         result = subprocess.run(
-            [self._java(), "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
+            [self.java(), "-cp", self.classpath(), "kafka.tools.StorageTool", "format",
              "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(config)],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
             raise LocalKafkaError(f"formatting the KRaft storage failed:\n{result.stdout}{result.stderr}")
 
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no broker log)"
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    home: Path
+    port: int = field(default_factory=default_port)
+
+    @property
+    def files(self) -> BrokerFiles:
+        return BrokerFiles(self.home)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def sasl(self) -> SaslListener:
+        return SaslListener(f"{HOST}:{self.port + SASL_OFFSET}", SASL_MECHANISM, SASL_USERNAME, SASL_PASSWORD)
+
     def pid(self) -> int | None:
         """The broker's pid if it is running, from the pid file."""
         try:
-            pid = int(self.pid_file.read_text())
+            pid = int(self.files.pid_file.read_text())
             os.kill(pid, 0)
         except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
             return None
@@ -203,7 +201,7 @@ class LocalKafka:
             admin.alter_user_scram_credentials([upsert])[sasl.username].result(timeout=timeout)
         except Exception as exc:  # KafkaException or a timeout: either way the user could not be created
             raise LocalKafkaError(f"creating the SCRAM user {sasl.username!r} at {self.bootstrap} failed ({exc}); "
-                                  f"is the broker running? see {self.log_file}") from None
+                                  f"is the broker running? see {self.files.log_file}") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sasl_answers():
@@ -212,7 +210,7 @@ class LocalKafka:
         raise LocalKafkaError(
             f"the SASL listener at {sasl.bootstrap} did not accept user {sasl.username!r} within {timeout:.0f}s. "
             "A broker started before the listener was configured lacks it: restart it with "
-            f"`wigzo-pipeline kafka stop && wigzo-pipeline kafka start`; otherwise see {self.log_file}")
+            f"`wigzo-pipeline kafka stop && wigzo-pipeline kafka start`; otherwise see {self.files.log_file}")
 
     def start(self, timeout: float = 90.0) -> str:
         """Start the broker unless it runs already; return the bootstrap address once it answers."""
@@ -221,33 +219,34 @@ class LocalKafka:
         if self.answers(timeout=1.0):
             raise LocalKafkaError(f"another Kafka already listens on {self.bootstrap} (not started from {self.home}): "
                                   "stop it, or set KAFKA_BOOTSTRAP_SERVERS to use it instead")
-        self.install()
-        config = self._write_config()
-        self._format_storage(config)
-        with open(self.log_file, "ab") as log:
+        files = self.files
+        files.install()
+        config = files.write_config(self.port)
+        files.format_storage(config)
+        with open(files.log_file, "ab") as log:
             process = subprocess.Popen(
-                [self._java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
+                [files.java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
                  f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
-                 "-cp", self._classpath(), "kafka.Kafka", str(config)],
+                 "-cp", files.classpath(), "kafka.Kafka", str(config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        self.pid_file.write_text(str(process.pid))
+        self.files.pid_file.write_text(str(process.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise LocalKafkaError(f"the broker exited with code {process.returncode}; "
-                                      f"last log lines:\n{self._log_tail()}")
+                                      f"last log lines:\n{files.log_tail()}")
             if self.answers(timeout=1.0):
                 return self.bootstrap
             time.sleep(0.2)
-        raise LocalKafkaError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}:\n"
-                              + self._log_tail())
+        raise LocalKafkaError(f"the broker did not answer within {timeout:.0f}s; see {self.files.log_file}:\n"
+                              + files.log_tail())
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after the timeout); False if it was not running."""
         pid = self.pid()
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
+            self.files.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -258,14 +257,8 @@ class LocalKafka:
         else:
             if self.pid() is not None:
                 os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        self.files.pid_file.unlink(missing_ok=True)
         return True
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no broker log)"
 
 
 def _answers(config: dict[str, Any], timeout: float) -> bool:
@@ -294,11 +287,11 @@ def main(args: argparse.Namespace) -> int:
     kafka = LocalKafka(default_home())
     if args.action == "start":
         started = time.monotonic()
-        downloaded = kafka.install()
+        downloaded = kafka.files.install()
         bootstrap = kafka.start()
         sasl = kafka.ensure_sasl_user()
         print(f"Kafka is up at {bootstrap} ({time.monotonic() - started:.1f}s"
-              f"{', jars downloaded' if downloaded else ', from cache'}); data in {kafka.data_dir}")
+              f"{', jars downloaded' if downloaded else ', from cache'}); data in {kafka.files.data_dir}")
         print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
         print(f"SASL_PLAINTEXT with {sasl.mechanism} at {sasl.bootstrap}, user {sasl.username} "
               "(development-only password: see README, Local Kafka)")

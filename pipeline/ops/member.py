@@ -8,7 +8,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pipeline.config import Settings
 from pipeline.kafka.assignment import BrokerOffsets, GroupSubscription
@@ -16,11 +15,9 @@ from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.kafka.status import Status
 from pipeline.model import PipelineError
+from pipeline.ops.member_health import MemberHealth
 from pipeline.telemetry.logs import KAFKA_LOGGER
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
-
-if TYPE_CHECKING:
-    from pipeline.ops.member_health import MemberHealth
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def test_second_start_needs_no_maven_and_reuses_the_running_broker(
     pid = kafka.pid()
     assert pid is not None
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no Maven, so any download attempt would fail
-    assert kafka.install() is False
+    assert kafka.files.install() is False
     assert kafka.start() == kafka_bootstrap
     assert kafka.pid() == pid
 
@@ -70,7 +70,7 @@ def test_an_unusable_development_port_is_refused_with_the_fix(text: str, monkeyp
 def test_a_development_port_moves_all_three_listeners(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WIGZO_KAFKA_PORT", "29092")
     kafka = LocalKafka(tmp_path)
-    config = kafka._write_config().read_text()
+    config = kafka.files.write_config(kafka.port).read_text()
     assert "\nlisteners=PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093," \
            "SASL_PLAINTEXT://127.0.0.1:29094\n" in config
     assert "\nadvertised.listeners=PLAINTEXT://127.0.0.1:29092,SASL_PLAINTEXT://127.0.0.1:29094\n" in config
