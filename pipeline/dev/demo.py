@@ -23,7 +23,7 @@ from pipeline.dev.produce_sample import produce_samples
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from pipeline.kafka.assignment import GroupSubscription
-from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.dead_letter_headers import error_headers
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import Secret

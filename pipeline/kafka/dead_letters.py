@@ -1,9 +1,6 @@
-"""The dead-letter topic: the original message, unchanged, plus headers that say why it failed.
-
-Header names follow Kafka Connect's `__connect.errors.*` convention under our own prefix, so the
-tools operators already use to inspect Connect DLQs read ours too. Writes use an idempotent
-producer with acks=all; a dead letter counts as done only once the broker acknowledged it, and a
-failed write halts the pipeline (failing closed beats losing data).
+"""The dead-letter topic: the original message, unchanged, plus headers that say why it failed (their format
+is `dead_letter_headers.py`). Writes use an idempotent producer with acks=all; a dead letter counts as done
+only once the broker acknowledged it, and a failed write halts the pipeline (failing closed beats losing data).
 
 A letter too large for its topic is the one exception: halting on it would crash at the same message
 on every restart, so it is stored cut down (context headers, a marker, a prefix of the value) instead.
@@ -23,19 +20,14 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
 
-from pipeline import __version__
 from pipeline.config import Settings
+from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER, Headers, context_headers, original_headers
 from pipeline.kafka.watch import KafkaWatch
-from pipeline.model import DeadLetter, PipelineError, Scrubber, utc_iso
+from pipeline.model import DeadLetter, PipelineError, Scrubber
 from pipeline.telemetry import metrics
 from pipeline.telemetry.logs import KAFKA_LOGGER, message_fields
 
 log = logging.getLogger(__name__)
-
-HEADER_PREFIX = "__wigzo.errors."
-TRUNCATED_HEADER = HEADER_PREFIX + "truncated"  # on a letter stored cut down: the original value's size in bytes
-MESSAGE_LIMIT = 1000
-Headers = Sequence[tuple[str, bytes | None]]
 
 # Kafka's own topic-name rules (org.apache.kafka.common.internals.Topic)
 TOPIC_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9._-]+")
@@ -53,39 +45,6 @@ ADMIN_TIMEOUT = 30.0  # seconds for each start-up question to the broker
 
 class DeadLetterWriteError(PipelineError):
     """The dead-letter topic did not accept a message, or cannot be used: the pipeline must stop and not commit."""
-
-
-def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
-    rejection = letter.rejection
-    earlier = error_headers(record.headers())  # a redriven dead letter keeps its history and adds to it
-    fields = {
-        "topic": record.topic() or "",
-        "partition": str(record.partition()),
-        "offset": str(record.offset()),
-        "stage": rejection.stage,
-        "class": rejection.error_class,
-        "message": scrub(rejection.message)[:MESSAGE_LIMIT],
-        "field": rejection.field,
-        "attempts": str(letter.attempts + int(earlier.get("attempts", "0"))),
-        "first.failure": earlier.get("first.failure") or utc_iso(letter.first_failure),
-        "last.failure": utc_iso(letter.last_failure),
-        "http.status": "" if rejection.http_status is None else str(rejection.http_status),
-        "history": scrub("\n".join(filter(None, (earlier.get("history"), *letter.history))))[-MESSAGE_LIMIT:],
-        "truncated": earlier.get("truncated", ""),  # a redriven truncated letter is still only a prefix
-        "service.version": __version__,
-    }
-    return [(HEADER_PREFIX + name, value.encode()) for name, value in fields.items() if value]
-
-
-def original_headers(headers: Headers | None) -> list[tuple[str, bytes | None]]:
-    """The headers a message had before it was dead-lettered (for redrive)."""
-    return [(k, v) for k, v in (headers or []) if not k.startswith(HEADER_PREFIX)]
-
-
-def error_headers(headers: Headers | None) -> dict[str, str]:
-    """The dead-letter context, keyed by the name after the prefix (e.g. 'stage', 'attempts')."""
-    return {k[len(HEADER_PREFIX):]: (v or b"").decode("utf-8", "replace")
-            for k, v in (headers or []) if k.startswith(HEADER_PREFIX)}
 
 
 def topic_name_problem(name: str) -> str | None:

@@ -17,7 +17,7 @@ from contextlib import closing
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, PipelineError, Scrubber
 from pipeline.ops.lookups import parse_time, watermarks
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from confluent_kafka import Message, TopicPartition
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, Skip
 from pipeline.ops.lookups import (
     Ranges,
