@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.kafka.admin import dead_letter_topic
 from pipeline.model import PipelineError, Secret
 
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
@@ -204,7 +205,12 @@ class Settings:
     kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)  # credentials as Secret
 
     def dlq_topic_for(self, source_topic: str) -> str:
-        return self.dlq_topic or f"{source_topic}.dlq"
+        """The dead-letter topic of `source_topic` (the rule is pipeline.kafka.admin.dead_letter_topic)."""
+        topic = dead_letter_topic(source_topic, self.dlq_topic)
+        if topic is None:
+            raise ConfigError(f"KAFKA_TOPICS entry {source_topic!r} is a pattern, which has no '<topic>.dlq' "
+                              "dead-letter topic: name one with DLQ_TOPIC (--dlq-topic)")
+        return topic
 
     def require_org_token(self) -> None:
         if not self.wigzo_org_token:

@@ -18,9 +18,18 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pipeline.config import Settings
+from pipeline.kafka.admin import (
+    KafkaErrors,
+    KafkaUnreachable,
+    TopicCreateError,
+    cluster_metadata,
+    dead_letter_feeds,
+    ensure_topic,
+    source_partitions,
+)
 from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER, Headers, context_headers, original_headers
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import DeadLetter, PipelineError, Scrubber
@@ -117,8 +126,9 @@ class DeadLetterWriter:
         self._settings = settings
         self.scrub = Scrubber(settings.secrets())
         self._watch = KafkaWatch(settings.bootstrap_servers)  # says why the admin client cannot get through
+        self._errors = KafkaErrors(forward=self._watch.on_error)
         self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER,
-                                   "error_cb": self._watch.on_error})
+                                   "error_cb": self._errors})
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
         self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
         self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
@@ -129,12 +139,7 @@ class DeadLetterWriter:
         the topic exists (created if absent) and tells its size limit. Raises DeadLetterWriteError naming
         the topic and the fix. A pattern source writes to DLQ_TOPIC (without it the subscription is refused).
         `write` checks any other topic at its first letter (replay or redrive of a topic not in KAFKA_TOPICS)."""
-        feeding: dict[str, list[str]] = {}
-        for source in source_topics:
-            if not source.startswith("^"):
-                feeding.setdefault(self._settings.dlq_topic_for(source), []).append(source)
-            elif self._settings.dlq_topic:
-                feeding.setdefault(self._settings.dlq_topic, []).append(source)
+        feeding = dead_letter_feeds(source_topics, self._settings.dlq_topic)
         for topic in feeding:
             self._check_name(topic)
         for topic, sources in feeding.items():
@@ -259,32 +264,20 @@ class DeadLetterWriter:
         """Make sure the topic exists, created if absent with as many partitions as its largest source (like
         the source, keyed letters spread over partitions), and learn its size limit."""
         try:
-            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT)
-        except KafkaException as exc:
-            self._admin.poll(1.0)  # serves librdkafka's error callbacks: rejected credentials say so,
-            self._watch.raise_if_fatal()  # rather than "transport failure"
-            raise DeadLetterWriteError(
-                f"could not check dead-letter topic {topic!r}: {exc.args[0].str()}; check KAFKA_BOOTSTRAP_SERVERS "
-                "and that this client may describe topics") from None
-        if topic not in metadata.topics:
-            self._create(topic, _partition_count(metadata, sources))
-        self._limits[topic] = self._max_message_bytes(topic)
-
-    def _create(self, topic: str, partitions: int) -> None:
-        future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)],
-                                           request_timeout=ADMIN_TIMEOUT)[topic]
+            metadata = cluster_metadata(self._admin, self._errors, ADMIN_TIMEOUT)
+        except KafkaUnreachable as exc:
+            self._watch.raise_if_fatal()  # rejected credentials say so, rather than "transport failure"
+            raise DeadLetterWriteError(f"could not check dead-letter topic {topic!r}: {exc.reason.str()}; "
+                                       f"{exc.fix}") from None
         try:
-            future.result(timeout=ADMIN_TIMEOUT + 5)
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another member created it meanwhile
-                return
-            raise DeadLetterWriteError(
-                f"dead-letter topic {topic!r} does not exist and could not be created: {exc.args[0].str()}; create "
-                f"it ({partitions} partition(s)) or allow this client to create topics") from None
-        except TimeoutError:
-            raise DeadLetterWriteError(f"dead-letter topic {topic!r} does not exist and creating it timed out after "
-                                       f"{ADMIN_TIMEOUT:.0f}s; check the brokers, or create it yourself") from None
-        log.info("created dead-letter topic %s with %d partitions", topic, partitions)
+            ensured = ensure_topic(self._admin, metadata, topic, source_partitions(metadata, sources), ADMIN_TIMEOUT)
+        except TopicCreateError as exc:
+            fix = (f"create it ({exc.partitions} partition(s)) or allow this client to create topics" if exc.reason
+                   else "check the brokers, or create it yourself")
+            raise DeadLetterWriteError(f"dead-letter {exc}; {fix}") from None
+        if ensured.created:
+            log.info("created dead-letter topic %s with %d partitions", topic, ensured.partitions)
+        self._limits[topic] = self._max_message_bytes(topic)
 
     def _max_message_bytes(self, topic: str) -> int:
         """The largest record batch the topic accepts: its max.message.bytes, which Kafka reports as the
@@ -307,10 +300,3 @@ class DeadLetterWriter:
             raise DeadLetterWriteError(
                 f"could not read the size limit (max.message.bytes) of dead-letter topic {topic!r}: {reason}; "
                 "allow this client to describe the topic's configuration (DescribeConfigs)")
-
-
-def _partition_count(metadata: ClusterMetadata, sources: Sequence[str]) -> int:
-    """Partitions of the largest existing source; a pattern source (`^...`) counts every topic it matches."""
-    counts = [len(info.partitions) for name, info in metadata.topics.items()
-              if any(re.match(source[1:], name) if source.startswith("^") else source == name for source in sources)]
-    return max(counts, default=1)
