@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from pipeline.kafka.admin import dead_letter_topic
 from pipeline.model import PipelineError, Secret
 
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
@@ -172,6 +171,16 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def dead_letter_topic(source: str, dlq_topic: str) -> str | None:
+    """Where a source's dead letters go: DLQ_TOPIC (`dlq_topic`) when set, else '<source>.dlq'. A pattern source
+    (`^...`) has none without DLQ_TOPIC: its '<topic>.dlq' names could match the pattern and be read back in.
+    The one copy of the rule; it lives here, not with the Kafka administration that uses it, so that reading
+    the settings never loads the Kafka client (the `--workers` supervisor does not)."""
+    if dlq_topic:
+        return dlq_topic
+    return None if source.startswith("^") else f"{source}.dlq"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
@@ -205,7 +214,7 @@ class Settings:
     kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)  # credentials as Secret
 
     def dlq_topic_for(self, source_topic: str) -> str:
-        """The dead-letter topic of `source_topic` (the rule is pipeline.kafka.admin.dead_letter_topic)."""
+        """The dead-letter topic of `source_topic` (the rule is `dead_letter_topic`)."""
         topic = dead_letter_topic(source_topic, self.dlq_topic)
         if topic is None:
             raise ConfigError(f"KAFKA_TOPICS entry {source_topic!r} is a pattern, which has no '<topic>.dlq' "

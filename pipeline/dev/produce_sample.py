@@ -66,13 +66,12 @@ def prepare_topic(config: Mapping[str, str], topic: str, partitions: int) -> Ens
     errors = KafkaErrors()
     admin = AdminClient({"log_level": 0, **config, "error_cb": errors})
     try:
-        metadata = cluster_metadata(admin, errors, TIMEOUT_SECONDS)
+        return ensure_topic(admin, cluster_metadata(admin, errors, TIMEOUT_SECONDS), topic, partitions,
+                            TIMEOUT_SECONDS)
     except KafkaUnreachable as exc:
         raise SampleProduceError(
             f"Kafka at {config['bootstrap.servers']} did not answer within {TIMEOUT_SECONDS:.0f}s "
             f"({exc.reason.str()}); {exc.fix}") from None
-    try:
-        return ensure_topic(admin, metadata, topic, partitions, TIMEOUT_SECONDS)
     except TopicCreateError as exc:
         why = exc.reason.str() if exc.reason else f"no answer within {TIMEOUT_SECONDS:.0f}s"
         raise SampleProduceError(f"could not create topic {topic!r} with {partitions} partitions: {why}; "

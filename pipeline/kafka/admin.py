@@ -1,5 +1,6 @@
 """Kafka administration in one place: whether Kafka answers (and if not, why, in words an operator can act on),
-topics made sure of, which dead-letter topic a source writes to, and partition ends, committed offsets and lag.
+topics made sure of, the dead-letter topics sources write to (by `pipeline.config.dead_letter_topic`) and with
+how many partitions, and partition ends, committed offsets and lag.
 
 The pipeline and every operator command ask these questions; answering them here gives each of Kafka's errors
 one meaning and each question one rule, whoever asks.
@@ -24,6 +25,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, OffsetSpec
 
+from pipeline.config import dead_letter_topic
 from pipeline.kafka.checkpoint import PartitionKey
 from pipeline.model import PipelineError
 
@@ -180,7 +182,7 @@ def ensure_topic(admin: AdminClient, metadata: ClusterMetadata, topic: str, part
     """The topic as `metadata` shows it, else created with `partitions`; one that someone else (another member)
     created meanwhile counts as existing. The broker waits up to `timeout` for the creation to finish, so the
     topic is usable on return. `validate_only` creates nothing: it asks whether the creation would succeed.
-    Raises TopicCreateError."""
+    Raises TopicCreateError, or KafkaUnreachable when Kafka stops answering before the topic is known."""
     existing = metadata.topics.get(topic)
     if existing is not None and existing.error is None:
         return EnsuredTopic(len(existing.partitions), created=False)
@@ -191,23 +193,18 @@ def ensure_topic(admin: AdminClient, metadata: ClusterMetadata, topic: str, part
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise TopicCreateError(topic, partitions, exc.args[0], timeout) from None
-        current = admin.list_topics(topic, timeout=timeout).topics[topic]
+        try:
+            current = admin.list_topics(topic, timeout=timeout).topics[topic]
+        except KafkaException as again:
+            raise KafkaUnreachable(again.args[0]) from None
         return EnsuredTopic(len(current.partitions), created=False)
     except TimeoutError:
         raise TopicCreateError(topic, partitions, None, timeout) from None
     return EnsuredTopic(partitions, created=True)
 
 
-def dead_letter_topic(source: str, dlq_topic: str) -> str | None:
-    """Where a source's dead letters go: DLQ_TOPIC (`dlq_topic`) when set, else '<source>.dlq'. A pattern source
-    (`^...`) has none without DLQ_TOPIC: its '<topic>.dlq' names could match the pattern and be read back in."""
-    if dlq_topic:
-        return dlq_topic
-    return None if source.startswith("^") else f"{source}.dlq"
-
-
 def dead_letter_feeds(sources: Iterable[str], dlq_topic: str) -> dict[str, list[str]]:
-    """Each dead-letter topic these sources write to, with the sources that feed it."""
+    """Each dead-letter topic these sources write to (`dead_letter_topic`), with the sources that feed it."""
     feeds: dict[str, list[str]] = {}
     for source in sources:
         if (topic := dead_letter_topic(source, dlq_topic)) is not None:

@@ -265,12 +265,11 @@ class DeadLetterWriter:
         the source, keyed letters spread over partitions), and learn its size limit."""
         try:
             metadata = cluster_metadata(self._admin, self._errors, ADMIN_TIMEOUT)
+            ensured = ensure_topic(self._admin, metadata, topic, source_partitions(metadata, sources), ADMIN_TIMEOUT)
         except KafkaUnreachable as exc:
             self._watch.raise_if_fatal()  # rejected credentials say so, rather than "transport failure"
             raise DeadLetterWriteError(f"could not check dead-letter topic {topic!r}: {exc.reason.str()}; "
                                        f"{exc.fix}") from None
-        try:
-            ensured = ensure_topic(self._admin, metadata, topic, source_partitions(metadata, sources), ADMIN_TIMEOUT)
         except TopicCreateError as exc:
             fix = (f"create it ({exc.partitions} partition(s)) or allow this client to create topics" if exc.reason
                    else "check the brokers, or create it yourself")

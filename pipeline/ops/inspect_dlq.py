@@ -16,13 +16,12 @@ from contextlib import closing
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.config import Settings, add_options, load_settings
+from pipeline.config import Settings, add_options, dead_letter_topic, load_settings
 from pipeline.kafka.admin import (
     KafkaErrors,
     KafkaUnreachable,
     TopicNotFound,
     cluster_metadata,
-    dead_letter_topic,
     explain,
     partitions_in,
 )

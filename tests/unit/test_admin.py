@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ClusterMetadata, PartitionMetadata, TopicMetadata
 
-from pipeline.config import ConfigError, Settings
+from pipeline.config import ConfigError, Settings, dead_letter_topic
 from pipeline.kafka.admin import (
     KafkaErrors,
     KafkaUnreachable,
@@ -19,7 +19,6 @@ from pipeline.kafka.admin import (
     Trouble,
     cluster_metadata,
     dead_letter_feeds,
-    dead_letter_topic,
     ensure_topic,
     explain,
     partition_lag,
