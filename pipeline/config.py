@@ -145,6 +145,16 @@ def setting(default: Any, *, env: str, flag: str, parse: Callable[[str], Any], h
     return field(default=default, metadata={_DECLARATION: declared})
 
 
+def dead_letter_topic(source: str, dlq_topic: str) -> str | None:
+    """Where a source's dead letters go: DLQ_TOPIC (`dlq_topic`) when set, else '<source>.dlq'. A pattern source
+    (`^...`) has none without DLQ_TOPIC: its '<topic>.dlq' names could match the pattern and be read back in.
+    The one copy of the rule; it lives here, not with the Kafka administration that uses it, so that reading
+    the settings never loads the Kafka client (the `--workers` supervisor does not)."""
+    if dlq_topic:
+        return dlq_topic
+    return None if source.startswith("^") else f"{source}.dlq"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the pipeline, each declared once: its default, names and parser (see `setting`)."""
@@ -230,7 +240,12 @@ class Settings:
     kafka_config: Mapping[str, str | Secret] = field(default_factory=dict)
 
     def dlq_topic_for(self, source_topic: str) -> str:
-        return self.dlq_topic or f"{source_topic}.dlq"
+        """The dead-letter topic of `source_topic` (the rule is `dead_letter_topic`)."""
+        topic = dead_letter_topic(source_topic, self.dlq_topic)
+        if topic is None:
+            raise ConfigError(f"KAFKA_TOPICS entry {source_topic!r} is a pattern, which has no '<topic>.dlq' "
+                              "dead-letter topic: name one with DLQ_TOPIC (--dlq-topic)")
+        return topic
 
     def require_org_token(self) -> None:
         if not self.wigzo_org_token:

@@ -12,21 +12,21 @@ import dataclasses
 import os
 import time
 import uuid
+from contextlib import closing
 
 import orjson
-from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import Settings, load_settings
 from pipeline.dev.local_kafka import LocalKafka, default_home
-from pipeline.dev.produce_sample import produce_samples
+from pipeline.dev.produce_sample import prepare_topic, produce_samples
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
 from pipeline.kafka.assignment import GroupSubscription
-from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.dead_letter_headers import error_headers
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.kafka.status import Status
 from pipeline.model import Secret
+from pipeline.ops.inspect_dlq import DeadLetterReader
 from pipeline.telemetry.logs import configure_logging
 
 DEMO_ORG_TOKEN = "demo-org-token"
@@ -63,8 +63,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"Wigzo sandbox: {sandbox.url} (latency {args.latency_ms} ms)")
 
     topic = f"segment-demo-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=args.partitions)])[topic].result(timeout=30)
+    prepare_topic({"bootstrap.servers": bootstrap}, topic, args.partitions)
     samples = list(SampleStream(seed=args.seed).messages(args.events))
     produce_samples({"bootstrap.servers": bootstrap}, topic, samples)
     print(f"Produced {len(samples)} sample messages to {topic} ({args.partitions} partitions): "
@@ -120,23 +119,17 @@ def _report(status: Status, control: SandboxControl, dlq_topic: str, bootstrap: 
 
 
 def _show_dead_letters(dlq_topic: str, bootstrap: str, examples: int = 3) -> None:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-inspect-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([dlq_topic])
+    """One letter of each of the first `examples` stages, read as `wigzo-pipeline dlq` reads them."""
     print(f"\n== Example dead letters ({dlq_topic}) ==")
-    seen = 0
-    deadline = time.monotonic() + 15
     stages: set[str] = set()
-    while seen < examples and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is None or message.error():
-            continue
-        context = error_headers(message.headers())
-        if context["stage"] in stages:
-            continue
-        stages.add(context["stage"])
-        seen += 1
-        print(f"[{context['stage']}] {context['class']}: {context['message'][:160]}")
-        print(f"  from {context['topic']}[{context['partition']}]@{context['offset']}, "
-              f"value {str(message.value())[:80]}")
-    consumer.close()
+    with closing(DeadLetterReader(Settings(bootstrap_servers=bootstrap), dlq_topic)) as reader:
+        for message in reader.letters():
+            context = error_headers(message.headers())
+            if context["stage"] in stages:
+                continue
+            stages.add(context["stage"])
+            print(f"[{context['stage']}] {context['class']}: {context['message'][:160]}")
+            print(f"  from {context['topic']}[{context['partition']}]@{context['offset']}, "
+                  f"value {str(message.value())[:80]}")
+            if len(stages) >= examples:
+                return

@@ -10,11 +10,19 @@ import argparse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import ConfigError, add_options, load_settings
 from pipeline.dev.samples import SampleMessage, SampleStream
+from pipeline.kafka.admin import (
+    EnsuredTopic,
+    KafkaErrors,
+    KafkaUnreachable,
+    TopicCreateError,
+    cluster_metadata,
+    ensure_topic,
+)
 from pipeline.model import PipelineError
 
 # how long the broker may take to answer metadata, create the topic or acknowledge the last message
@@ -41,43 +49,33 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"KAFKA_TOPICS={','.join(settings.topics)!r} names no topic to produce to; "
                           "pass --topic NAME")
     config = settings.kafka_client_config()
-    partitions, created = ensure_topic(config, topic, args.create_partitions)
+    ensured = prepare_topic(config, topic, args.create_partitions)
     kinds = produce_samples(config, topic, SampleStream(seed=args.seed).messages(args.events))
-    print(f"Produced {sum(kinds.values())} sample messages (seed {args.seed}) to {topic} "
-          f"({partitions} partitions, {'created' if created else 'existing'}) at {settings.bootstrap_servers}:")
+    print(f"Produced {sum(kinds.values())} sample messages (seed {args.seed}) to {topic} ({ensured.partitions} "
+          f"partitions, {'created' if ensured.created else 'existing'}) at {settings.bootstrap_servers}:")
     for kind, count in sorted(kinds.items(), key=lambda item: (-item[1], item[0])):
         print(f"{count:>8}  {kind}")
     return 0
 
 
-def ensure_topic(config: Mapping[str, str], topic: str, partitions: int) -> tuple[int, bool]:
-    """(partition count, whether it was created now): the topic as it exists, else created with `partitions`.
+def prepare_topic(config: Mapping[str, str], topic: str, partitions: int) -> EnsuredTopic:
+    """The topic as it exists, else created with `partitions`.
 
     Also the reachability check: an unreachable broker fails here, within TIMEOUT_SECONDS, with librdkafka's
     reason (refused, DNS, TLS, SASL) in the message instead of a stream of its retry lines on stderr."""
-    errors: list[KafkaError] = []
-    admin = AdminClient({"log_level": 0, **config, "error_cb": errors.append})
+    errors = KafkaErrors()
+    admin = AdminClient({"log_level": 0, **config, "error_cb": errors})
     try:
-        existing = admin.list_topics(timeout=TIMEOUT_SECONDS).topics
-    except KafkaException as exc:
-        admin.poll(0)  # serves the queued error callbacks
-        reason = next((e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN), exc.args[0])
+        return ensure_topic(admin, cluster_metadata(admin, errors, TIMEOUT_SECONDS), topic, partitions,
+                            TIMEOUT_SECONDS)
+    except KafkaUnreachable as exc:
         raise SampleProduceError(
             f"Kafka at {config['bootstrap.servers']} did not answer within {TIMEOUT_SECONDS:.0f}s "
-            f"({reason.str()}); check KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers), the KAFKA_OPT_* "
-            "security settings, and that the broker is up") from None
-    if topic in existing and existing[topic].error is None:
-        return len(existing[topic].partitions), False
-    future = admin.create_topics([NewTopic(topic, num_partitions=partitions)],
-                                 operation_timeout=TIMEOUT_SECONDS)[topic]
-    try:
-        future.result(timeout=TIMEOUT_SECONDS)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another producer created it meanwhile
-            raise SampleProduceError(f"could not create topic {topic!r} with {partitions} partitions: "
-                                     f"{exc.args[0].str()}; create it yourself or fix --create-partitions") from None
-        return len(admin.list_topics(topic, timeout=TIMEOUT_SECONDS).topics[topic].partitions), False
-    return partitions, True
+            f"({exc.reason.str()}); {exc.fix}") from None
+    except TopicCreateError as exc:
+        why = exc.reason.str() if exc.reason else f"no answer within {TIMEOUT_SECONDS:.0f}s"
+        raise SampleProduceError(f"could not create topic {topic!r} with {partitions} partitions: {why}; "
+                                 "create it yourself or fix --create-partitions") from None
 
 
 def produce_samples(config: Mapping[str, str], topic: str, samples: Iterable[SampleMessage]) -> Counter[str]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from pipeline.kafka.admin import BrokerOffsets, caught_up
 from pipeline.kafka.ledger import PartitionKey
 from pipeline.model import PipelineError
 
@@ -42,27 +42,6 @@ class Assignment(Protocol):
 
 def keys_of(partitions: Iterable[TopicPartition]) -> list[PartitionKey]:
     return [(tp.topic, tp.partition) for tp in partitions]
-
-
-class BrokerOffsets:
-    """Partitions' ends and the group's committed offsets, asked over an admin connection of its own: on the
-    consumer's connection each request waits behind the pending fetch (up to fetch.wait.max.ms), which once
-    made a caught-up check cost seconds and throttled the whole loop."""
-
-    def __init__(self, config: dict[str, Any], group_id: str, timeout: float = 5.0) -> None:
-        self._admin = AdminClient(config)
-        self._group_id = group_id
-        self._timeout = timeout
-
-    def ends(self, keys: list[PartitionKey], spec: OffsetSpec) -> dict[PartitionKey, int]:
-        futures = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in keys},
-                                           request_timeout=self._timeout)
-        return {(tp.topic, tp.partition): future.result(timeout=self._timeout).offset for tp, future in futures.items()}
-
-    def committed(self, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
-        request = ConsumerGroupTopicPartitions(self._group_id, [TopicPartition(t, p) for t, p in keys])
-        answer = self._admin.list_consumer_group_offsets([request])[self._group_id].result(timeout=self._timeout)
-        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
 
 
 class GroupSubscription:
@@ -126,22 +105,6 @@ class GroupSubscription:
             except KafkaException:  # the broker did not answer in time: not known to be caught up
                 self._caught_up = False
         return self._caught_up
-
-
-def caught_up(consumer: Consumer, keys: list[PartitionKey], offsets: BrokerOffsets) -> bool:
-    """Every partition read to its high watermark. A partition this consumer has not fetched from has no
-    position: it is caught up when it is empty or the group's committed offset is already at its end."""
-    positions = {(tp.topic, tp.partition): tp.offset
-                 for tp in consumer.position([TopicPartition(topic, partition) for topic, partition in keys])}
-    highs = offsets.ends(keys, OffsetSpec.latest())
-    if any(0 <= positions[key] < highs[key] for key in keys):
-        return False
-    unfetched = [key for key in keys if positions[key] < 0]
-    if not unfetched:
-        return True
-    lows = offsets.ends(unfetched, OffsetSpec.earliest())
-    committed = offsets.committed(unfetched)
-    return all(highs[key] <= max(lows[key], committed.get(key, -1)) for key in unfetched)
 
 
 class OffsetRanges:

@@ -1,9 +1,6 @@
-"""The dead-letter topic: the original message, unchanged, plus headers that say why it failed.
-
-Header names follow Kafka Connect's `__connect.errors.*` convention under our own prefix, so the
-tools operators already use to inspect Connect DLQs read ours too. Writes use an idempotent
-producer with acks=all; a dead letter counts as done only once the broker acknowledged it, and a
-failed write halts the pipeline (failing closed beats losing data).
+"""The dead-letter topic: the original message, unchanged, plus headers that say why it failed (their format
+is `dead_letter_headers.py`). Writes use an idempotent producer with acks=all; a dead letter counts as done
+only once the broker acknowledged it, and a failed write halts the pipeline (failing closed beats losing data).
 
 A letter too large for its topic is the one exception: halting on it would crash at the same message
 on every restart, so it is stored cut down (context headers, a marker, a prefix of the value) instead.
@@ -23,21 +20,25 @@ from functools import partial
 from typing import Generic, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from pipeline import __version__
 from pipeline.config import Settings
+from pipeline.kafka.admin import (
+    KafkaErrors,
+    KafkaUnreachable,
+    TopicCreateError,
+    cluster_metadata,
+    dead_letter_feeds,
+    ensure_topic,
+    source_partitions,
+)
+from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER, Headers, context_headers, original_headers
 from pipeline.kafka.watch import KafkaWatch
-from pipeline.model import DeadLetter, PipelineError, Scrubber, utc_iso
+from pipeline.model import DeadLetter, PipelineError, Scrubber
 from pipeline.telemetry import metrics
 from pipeline.telemetry.logs import KAFKA_LOGGER, message_fields
 
 log = logging.getLogger(__name__)
-
-HEADER_PREFIX = "__wigzo.errors."
-TRUNCATED_HEADER = HEADER_PREFIX + "truncated"  # on a letter stored cut down: the original value's size in bytes
-MESSAGE_LIMIT = 1000
-Headers = Sequence[tuple[str, bytes | None]]
 
 # Kafka's own topic-name rules (org.apache.kafka.common.internals.Topic)
 TOPIC_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9._-]+")
@@ -56,39 +57,6 @@ Ticket = TypeVar("Ticket")
 
 class DeadLetterWriteError(PipelineError):
     """The dead-letter topic did not accept a message, or cannot be used: the pipeline must stop and not commit."""
-
-
-def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
-    rejection = letter.rejection
-    earlier = error_headers(record.headers())  # a redriven dead letter keeps its history and adds to it
-    fields = {
-        "topic": record.topic() or "",
-        "partition": str(record.partition()),
-        "offset": str(record.offset()),
-        "stage": rejection.stage,
-        "class": rejection.error_class,
-        "message": scrub(rejection.message)[:MESSAGE_LIMIT],
-        "field": rejection.field,
-        "attempts": str(letter.attempts + int(earlier.get("attempts", "0"))),
-        "first.failure": earlier.get("first.failure") or utc_iso(letter.first_failure),
-        "last.failure": utc_iso(letter.last_failure),
-        "http.status": "" if rejection.http_status is None else str(rejection.http_status),
-        "history": scrub("\n".join(filter(None, (earlier.get("history"), *letter.history))))[-MESSAGE_LIMIT:],
-        "truncated": earlier.get("truncated", ""),  # a redriven truncated letter is still only a prefix
-        "service.version": __version__,
-    }
-    return [(HEADER_PREFIX + name, value.encode()) for name, value in fields.items() if value]
-
-
-def original_headers(headers: Headers | None) -> list[tuple[str, bytes | None]]:
-    """The headers a message had before it was dead-lettered (for redrive)."""
-    return [(k, v) for k, v in (headers or []) if not k.startswith(HEADER_PREFIX)]
-
-
-def error_headers(headers: Headers | None) -> dict[str, str]:
-    """The dead-letter context, keyed by the name after the prefix (e.g. 'stage', 'attempts')."""
-    return {k[len(HEADER_PREFIX):]: (v or b"").decode("utf-8", "replace")
-            for k, v in (headers or []) if k.startswith(HEADER_PREFIX)}
 
 
 def topic_name_problem(name: str) -> str | None:
@@ -162,8 +130,9 @@ class DeadLetterWriter(Generic[Ticket]):
         self._settings = settings
         self.scrub = Scrubber(settings.secrets())
         self._watch = KafkaWatch(settings.bootstrap_servers)  # says why the admin client cannot get through
+        self._errors = KafkaErrors(forward=self._watch.on_error)
         self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER,
-                                   "error_cb": self._watch.on_error})
+                                   "error_cb": self._errors})
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
         self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
         self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
@@ -175,12 +144,7 @@ class DeadLetterWriter(Generic[Ticket]):
         the topic exists (created if absent) and tells its size limit. Raises DeadLetterWriteError naming
         the topic and the fix. A pattern source writes to DLQ_TOPIC (without it the subscription is refused).
         `write` checks any other topic at its first letter (replay or redrive of a topic not in KAFKA_TOPICS)."""
-        feeding: dict[str, list[str]] = {}
-        for source in source_topics:
-            if not source.startswith("^"):
-                feeding.setdefault(self._settings.dlq_topic_for(source), []).append(source)
-            elif self._settings.dlq_topic:
-                feeding.setdefault(self._settings.dlq_topic, []).append(source)
+        feeding = dead_letter_feeds(source_topics, self._settings.dlq_topic)
         for topic in feeding:
             self._check_name(topic)
         for topic, sources in feeding.items():
@@ -310,32 +274,19 @@ class DeadLetterWriter(Generic[Ticket]):
         """Make sure the topic exists, created if absent with as many partitions as its largest source (like
         the source, keyed letters spread over partitions), and learn its size limit."""
         try:
-            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT)
-        except KafkaException as exc:
-            self._admin.poll(1.0)  # serves librdkafka's error callbacks: rejected credentials say so,
-            self._watch.raise_if_fatal()  # rather than "transport failure"
-            raise DeadLetterWriteError(
-                f"could not check dead-letter topic {topic!r}: {exc.args[0].str()}; check KAFKA_BOOTSTRAP_SERVERS "
-                "and that this client may describe topics") from None
-        if topic not in metadata.topics:
-            self._create(topic, _partition_count(metadata, sources))
+            metadata = cluster_metadata(self._admin, self._errors, ADMIN_TIMEOUT)
+            ensured = ensure_topic(self._admin, metadata, topic, source_partitions(metadata, sources), ADMIN_TIMEOUT)
+        except KafkaUnreachable as exc:
+            self._watch.raise_if_fatal()  # rejected credentials say so, rather than "transport failure"
+            raise DeadLetterWriteError(f"could not check dead-letter topic {topic!r}: {exc.reason.str()}; "
+                                       f"{exc.fix}") from None
+        except TopicCreateError as exc:
+            fix = (f"create it ({exc.partitions} partition(s)) or allow this client to create topics" if exc.reason
+                   else "check the brokers, or create it yourself")
+            raise DeadLetterWriteError(f"dead-letter {exc}; {fix}") from None
+        if ensured.created:
+            log.info("created dead-letter topic %s with %d partitions", topic, ensured.partitions)
         self._limits[topic] = self._max_message_bytes(topic)
-
-    def _create(self, topic: str, partitions: int) -> None:
-        future = self._admin.create_topics([NewTopic(topic, num_partitions=partitions)],
-                                           request_timeout=ADMIN_TIMEOUT)[topic]
-        try:
-            future.result(timeout=ADMIN_TIMEOUT + 5)
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another member created it meanwhile
-                return
-            raise DeadLetterWriteError(
-                f"dead-letter topic {topic!r} does not exist and could not be created: {exc.args[0].str()}; create "
-                f"it ({partitions} partition(s)) or allow this client to create topics") from None
-        except TimeoutError:
-            raise DeadLetterWriteError(f"dead-letter topic {topic!r} does not exist and creating it timed out after "
-                                       f"{ADMIN_TIMEOUT:.0f}s; check the brokers, or create it yourself") from None
-        log.info("created dead-letter topic %s with %d partitions", topic, partitions)
 
     def _max_message_bytes(self, topic: str) -> int:
         """The largest record batch the topic accepts: its max.message.bytes, which Kafka reports as the
@@ -358,10 +309,3 @@ class DeadLetterWriter(Generic[Ticket]):
             raise DeadLetterWriteError(
                 f"could not read the size limit (max.message.bytes) of dead-letter topic {topic!r}: {reason}; "
                 "allow this client to describe the topic's configuration (DescribeConfigs)")
-
-
-def _partition_count(metadata: ClusterMetadata, sources: Sequence[str]) -> int:
-    """Partitions of the largest existing source; a pattern source (`^...`) counts every topic it matches."""
-    counts = [len(info.partitions) for name, info in metadata.topics.items()
-              if any(re.match(source[1:], name) if source.startswith("^") else source == name for source in sources)]
-    return max(counts, default=1)

@@ -164,7 +164,7 @@ class PartitionLedger:
         if held:
             metrics.MAPPING_HELD.set(self.streak.held)
             log.warning("leaving %d events held by the mapping streak uncommitted in %s: whoever reads them next "
-                        "maps them again", len(held), ", ".join(f"{t}[{p}]" for t, p in sorted(released)))
+                        "maps them again", len(held), describe(sorted(released)))
         return len(held), because
 
     def all_paused(self) -> bool:
@@ -198,3 +198,8 @@ class PartitionLedger:
                 partition.released = True
                 released.append(partition)
         return released
+
+
+def describe(keys: Iterable[PartitionKey]) -> str:
+    """Partitions as a log line names them: `topic[0], topic[3]`."""
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in keys) or "nothing"

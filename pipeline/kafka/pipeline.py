@@ -21,9 +21,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from pipeline.kafka.admin import fetched_lag
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.executor import EventSend, ordering_key
-from pipeline.kafka.ledger import Partition, PartitionKey, PartitionLedger, Pending
+from pipeline.kafka.ledger import Partition, PartitionKey, PartitionLedger, Pending, describe
 from pipeline.kafka.outcomes import Settlement
 from pipeline.kafka.parts import Flow, Parts
 from pipeline.kafka.status import Status
@@ -109,14 +110,14 @@ class Pipeline:
         self.status.joined = True
         self.watch.reached()
         self._ledger.assign(keys)
-        log.info("assigned %s", _describe(keys))
+        log.info("assigned %s", describe(keys))
 
     def revoked(self, keys: list[PartitionKey]) -> None:
-        log.info("revoking %s: finishing in-flight deliveries, then committing", _describe(keys))
+        log.info("revoking %s: finishing in-flight deliveries, then committing", describe(keys))
         self._release(keys, commit=True)
 
     def lost(self, keys: list[PartitionKey]) -> None:
-        log.warning("lost %s without a clean revoke: abandoning their work uncommitted", _describe(keys))
+        log.warning("lost %s without a clean revoke: abandoning their work uncommitted", describe(keys))
         self._release(keys, commit=False)
 
     # ---- 1. read --------------------------------------------------------------------------------
@@ -231,12 +232,9 @@ def _about(record: Message, event: dict[str, Any]) -> dict[str, Any]:
 
 def _report_lag(consumer: Consumer, keys: list[PartitionKey]) -> None:
     """Messages behind each assigned partition's high watermark (as of the last fetch)."""
-    if not keys:
-        return
-    for tp in consumer.position(_partitions(keys)):
-        high = consumer.get_watermark_offsets(tp, cached=True)[1]
-        if tp.offset >= 0 and high >= 0:
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+    if keys:
+        for (topic, partition), lag in fetched_lag(consumer, keys).items():
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
 
 def _forget_lag(key: PartitionKey) -> None:
@@ -247,7 +245,3 @@ def _forget_lag(key: PartitionKey) -> None:
 
 def _partitions(keys: Iterable[PartitionKey]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for topic, partition in keys]
-
-
-def _describe(keys: Iterable[PartitionKey]) -> str:
-    return ", ".join(f"{topic}[{partition}]" for topic, partition in keys) or "nothing"

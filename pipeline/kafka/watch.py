@@ -15,18 +15,13 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
+from pipeline.kafka.admin import Trouble, explain
 from pipeline.model import PipelineError
 
 log = logging.getLogger(__name__)
 
 SUMMARY_INTERVAL = 30.0
 PROBE_INTERVAL = 10.0  # while a problem lasts, how often to ask for metadata to notice Kafka is back
-
-_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
-_MISSING_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
-_CREDENTIALS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
-_AUTHORIZATION = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                            KafkaError.CLUSTER_AUTHORIZATION_FAILED})
 
 
 class KafkaAccessError(PipelineError):
@@ -49,19 +44,19 @@ class KafkaWatch:
     def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._bootstrap = bootstrap
         self._clock = clock
-        self._problems: dict[str, _Problem] = {}
+        self._problems: dict[Trouble, _Problem] = {}
         self._last_probe = clock()
         self.fatal: KafkaAccessError | None = None
 
     def on_error(self, error: KafkaError) -> None:
-        code = error.code()
-        if code in _CREDENTIALS or code in _AUTHORIZATION or error.fatal():
+        explanation = explain(error)
+        if explanation.trouble in (Trouble.CREDENTIALS, Trouble.AUTHORIZATION) or error.fatal():
             self._fail(error)
-        elif code in _UNREACHABLE:
-            self._report("unreachable", f"cannot reach Kafka at {self._bootstrap}: {error.str()}",
-                         "check KAFKA_BOOTSTRAP_SERVERS and that the brokers are up")
-        elif code in _MISSING_TOPIC:
-            self._report("missing topic", error.str(), "check KAFKA_TOPICS, or create the topic")
+        elif explanation.trouble is Trouble.UNREACHABLE:
+            self._report(Trouble.UNREACHABLE, f"cannot reach Kafka at {self._bootstrap}: {error.str()}",
+                         explanation.fix)
+        elif explanation.trouble is Trouble.MISSING_TOPIC:
+            self._report(Trouble.MISSING_TOPIC, error.str(), explanation.fix)
         else:
             log.warning("Kafka reported: %s", error.str())
 
@@ -69,7 +64,7 @@ class KafkaWatch:
         """Kafka answered: problems of reaching it are over. An answer about our topics (an assignment, which
         librdkafka makes only once the subscribed topics exist, or a commit) also ends a missing topic; a bare
         metadata answer (`topics=False`) does not, or a member would say its still missing topic was found."""
-        for kind in ("unreachable", "missing topic") if topics else ("unreachable",):
+        for kind in (Trouble.UNREACHABLE, Trouble.MISSING_TOPIC) if topics else (Trouble.UNREACHABLE,):
             if (problem := self._problems.pop(kind, None)) is not None:
                 log.info("Kafka: %s resolved after %.0fs (%d reports)", kind, self._clock() - problem.since,
                          problem.count)
@@ -104,7 +99,7 @@ class KafkaWatch:
         if self.fatal is not None:
             raise self.fatal
 
-    def _report(self, kind: str, detail: str, fix: str) -> None:
+    def _report(self, kind: Trouble, detail: str, fix: str) -> None:
         now = self._clock()
         problem = self._problems.get(kind)
         if problem is None:

@@ -13,20 +13,25 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
-from confluent_kafka import (
-    ConsumerGroupState,
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, OffsetSpec
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from pipeline.config import ConfigError, Settings, add_options, load_settings
+from pipeline.kafka.admin import (
+    BrokerOffsets,
+    KafkaErrors,
+    KafkaUnreachable,
+    TopicCreateError,
+    cluster_metadata,
+    dead_letter_feeds,
+    ensure_topic,
+    partition_lag,
+    source_partitions,
+)
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.model import PipelineError, Scrubber
 
@@ -74,58 +79,28 @@ def check_configuration(args: argparse.Namespace) -> tuple[Settings | None, Row]
 
 
 class KafkaProbe:
-    """One admin client for every Kafka check; it keeps librdkafka's errors, which say why a broker is
-    unreachable (refused, DNS, TLS, SASL) where the failed request only says that it is."""
+    """One admin client for the Kafka checks; its errors say why a broker is unreachable (refused, DNS, TLS, SASL)
+    where the failed request only says that it is."""
 
     def __init__(self, settings: Settings) -> None:
-        self._errors: list[KafkaError] = []
+        self.errors = KafkaErrors()
         # log_level 0: the reasons arrive through error_cb and go into the table, not as stderr noise
-        self.admin = AdminClient({"log_level": 0, **settings.kafka_client_config(), "error_cb": self._errors.append})
+        self.config: dict[str, Any] = {"log_level": 0, **settings.kafka_client_config()}
+        self.admin = AdminClient({**self.config, "error_cb": self.errors})
 
     def metadata(self) -> ClusterMetadata:
         """Every topic's metadata; gives up early once librdkafka reports every broker down (refused, DNS),
         and at KAFKA_TIMEOUT when connections just hang."""
-        deadline = time.monotonic() + KAFKA_TIMEOUT
-        while True:
-            try:
-                return self.admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
-            except KafkaException as exc:
-                self.admin.poll(0)  # serves the queued error callbacks
-                all_down = any(error.code() == KafkaError._ALL_BROKERS_DOWN for error in self._errors)
-                if all_down or time.monotonic() >= deadline:
-                    raise KafkaException(self._reason(all_down, exc.args[0])) from None
-
-    def _reason(self, all_down: bool, fallback: KafkaError) -> KafkaError:
-        specific = [error for error in self._errors if error.code() != KafkaError._ALL_BROKERS_DOWN]
-        if specific:
-            return specific[0]
-        if not all_down:  # connected (or still connecting) but nothing answered: a hang, not a refusal
-            return KafkaError(KafkaError._TIMED_OUT, f"no answer to a metadata request within {KAFKA_TIMEOUT:g}s")
-        return fallback
-
-
-def _unreachable_fix(error: KafkaError) -> str:
-    if error.code() == KafkaError._AUTHENTICATION:
-        return "check the SASL settings (KAFKA_OPT_SASL_MECHANISMS, KAFKA_OPT_SASL_USERNAME, KAFKA_OPT_SASL_PASSWORD)"
-    if error.code() == KafkaError._SSL:
-        return "check KAFKA_OPT_SECURITY_PROTOCOL and the broker's CA (KAFKA_OPT_SSL_CA_LOCATION)"
-    if error.code() == KafkaError._RESOLVE:
-        return "check the host names in KAFKA_BOOTSTRAP_SERVERS and this host's DNS"
-    if error.code() == KafkaError._TIMED_OUT:
-        return ("check KAFKA_BOOTSTRAP_SERVERS names a Kafka listener, that KAFKA_OPT_SECURITY_PROTOCOL matches it, "
-                "and that no firewall drops the traffic")
-    return "check KAFKA_BOOTSTRAP_SERVERS and that the broker is up"
+        return cluster_metadata(self.admin, self.errors, KAFKA_TIMEOUT, fail_fast=True)
 
 
 def check_kafka(probe: KafkaProbe, settings: Settings) -> tuple[Row, ClusterMetadata | None]:
     started = time.monotonic()
     try:
         metadata = probe.metadata()
-    except KafkaException as exc:
-        error: KafkaError = exc.args[0]
-        return failed("kafka", error.str(),
-                      f"Kafka: cannot reach {settings.bootstrap_servers} ({error.str()}) — "
-                      f"{_unreachable_fix(error)}"), None
+    except KafkaUnreachable as exc:
+        return failed("kafka", exc.reason.str(),
+                      f"Kafka: cannot reach {settings.bootstrap_servers} ({exc.reason.str()}) — {exc.fix}"), None
     elapsed_ms = (time.monotonic() - started) * 1000
     return passed("kafka", f"{settings.bootstrap_servers}: {len(metadata.brokers)} broker(s), cluster "
                            f"{metadata.cluster_id}, answered in {elapsed_ms:.0f} ms"), metadata
@@ -156,36 +131,28 @@ def check_source_topics(settings: Settings, metadata: ClusterMetadata) -> tuple[
     return passed("source topics", ", ".join(f"{name} ({count} partitions)" for name, count in found.items())), found
 
 
-def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: ClusterMetadata,
-                            sources: dict[str, int]) -> Row:
-    """It exists, or the broker confirms (validate-only, nothing is created) that `run` may create it when it starts."""
-    partitions: dict[str, int] = {}
-    for source in [*sources, *(t for t in settings.topics if not t.startswith("^"))]:
-        partitions.setdefault(settings.dlq_topic_for(source), sources.get(source, 1))
+def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: ClusterMetadata) -> Row:
+    """It exists, or the broker confirms (validate-only, nothing is created) that `run` may create it when it starts,
+    with as many partitions as `run` would give it."""
     details, fixes = [], []
-    for dlq, count in partitions.items():
-        topic = metadata.topics.get(dlq)
-        if topic is not None and topic.error is None:
-            details.append(f"{dlq} exists ({len(topic.partitions)} partitions)")
-            continue
-        future = probe.admin.create_topics([NewTopic(dlq, num_partitions=count)], validate_only=True,
-                                           request_timeout=KAFKA_TIMEOUT)[dlq]
+    for dlq, sources in dead_letter_feeds(settings.topics, settings.dlq_topic).items():
+        count = source_partitions(metadata, sources)
         try:
-            future.result(timeout=RESULT_TIMEOUT)
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                details.append(f"{dlq} exists")
-                continue
-            details.append(f"{dlq} is absent and cannot be created: {error.str()}")
-            fixes.append(f"create {dlq} ({count} partitions), or grant this principal CREATE on it")
+            ensured = ensure_topic(probe.admin, metadata, dlq, count, KAFKA_TIMEOUT, validate_only=True)
+        except TopicCreateError as exc:
+            if exc.reason is None:
+                details.append(f"{dlq} is absent; the broker did not say within {KAFKA_TIMEOUT:g}s if it may be "
+                               "created")
+                fixes.append(f"create {dlq} ({count} partitions)")
+            else:
+                details.append(f"{dlq} is absent and cannot be created: {exc.reason.str()}")
+                fixes.append(f"create {dlq} ({count} partitions), or grant this principal CREATE on it")
             continue
-        except TimeoutError:
-            details.append(f"{dlq} is absent; the broker did not say within {KAFKA_TIMEOUT:g}s if it may be created")
-            fixes.append(f"create {dlq} ({count} partitions)")
-            continue
-        details.append(f"{dlq} is absent: `run` creates it when it starts, with {count} partition(s) "
-                       "(the broker confirmed this principal may create it)")
+        if ensured.created:
+            details.append(f"{dlq} is absent: `run` creates it when it starts, with {count} partition(s) "
+                           "(the broker confirmed this principal may create it)")
+        else:
+            details.append(f"{dlq} exists ({ensured.partitions} partitions)")
     text = "; ".join(details)
     if fixes:
         return failed("dead-letter topic", text, f"Dead-letter topic: {'; '.join(fixes)} — without it the first "
@@ -196,19 +163,13 @@ def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: Clu
 def check_consumer_group(probe: KafkaProbe, settings: Settings, sources: dict[str, int]) -> Row:
     """The group's state and how far behind its committed offsets are; never having committed is fine."""
     group = settings.group_id
+    offsets = BrokerOffsets(probe.config, group, KAFKA_TIMEOUT)
     try:
         description = probe.admin.describe_consumer_groups(
             [group], request_timeout=KAFKA_TIMEOUT)[group].result(timeout=RESULT_TIMEOUT)
-        answer = probe.admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)], request_timeout=KAFKA_TIMEOUT)[group].result(timeout=RESULT_TIMEOUT)
-        committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions
-                     if tp.topic in sources and tp.offset >= 0}
-        ends: dict[tuple[str, int], int] = {}
-        if committed:
-            futures = probe.admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in committed},
-                                               request_timeout=KAFKA_TIMEOUT)
-            ends = {(tp.topic, tp.partition): future.result(timeout=RESULT_TIMEOUT).offset
-                    for tp, future in futures.items()}
+        keys = [(topic, partition) for topic, count in sources.items() for partition in range(count)]
+        committed = {key: offset for key, offset in offsets.committed(keys).items() if offset >= 0}
+        ends = offsets.highs(committed)
     except KafkaException as exc:
         error: KafkaError = exc.args[0]
         fix = (f"grant this principal DESCRIBE and READ on group {group}"
@@ -225,7 +186,7 @@ def check_consumer_group(probe: KafkaProbe, settings: Settings, sources: dict[st
     if not committed:
         return passed("consumer group", f"{head}, no committed offsets (starts at the {settings.auto_offset_reset} "
                                         "offset)")
-    lag = sum(max(0, ends[key] - offset) for key, offset in committed.items())
+    lag = sum(partition_lag(committed, ends).values())
     total = sum(sources.values())
     return passed("consumer group", f"{head}, lag {lag:,} over the {len(committed)} of {total} partition(s) "
                                     "with committed offsets")
@@ -315,7 +276,7 @@ def kafka_rows(settings: Settings) -> list[Row]:
     if metadata is None:
         return [kafka, *skipped(CHECKS[2:5], "Kafka is unreachable")]
     topics, sources = check_source_topics(settings, metadata)
-    return [kafka, topics, check_dead_letter_topic(probe, settings, metadata, sources),
+    return [kafka, topics, check_dead_letter_topic(probe, settings, metadata),
             check_consumer_group(probe, settings, sources)]
 
 

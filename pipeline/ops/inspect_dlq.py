@@ -16,10 +16,18 @@ from contextlib import closing
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.config import Settings, add_options, load_settings
-from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.config import Settings, add_options, dead_letter_topic, load_settings
+from pipeline.kafka.admin import (
+    KafkaErrors,
+    KafkaUnreachable,
+    TopicNotFound,
+    cluster_metadata,
+    explain,
+    partitions_in,
+)
+from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, PipelineError, Scrubber
-from pipeline.ops.lookups import parse_time, watermarks
+from pipeline.ops.lookups import LOOKUP_TIMEOUT, lookup_offsets, parse_time, watermarks
 
 PREVIEW_CHARS = 200
 STALL_SECONDS = 30.0  # no progress for this long while letters remain: give up rather than hang
@@ -31,12 +39,12 @@ class DeadLetterReader:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self._errors: list[KafkaError] = []
+        self._errors = KafkaErrors()
         # log_level 0: why the broker is unreachable comes through error_cb into one message, not stderr noise
         self._consumer = Consumer({"log_level": 0, **settings.kafka_client_config(),
                                    "group.id": f"{settings.group_id}.dlq-inspect", "enable.auto.commit": False,
                                    "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                                   "error_cb": self._errors.append})
+                                   "error_cb": self._errors})
         try:
             self.ends = self._ranges(settings)
         except BaseException:
@@ -45,16 +53,18 @@ class DeadLetterReader:
 
     def _ranges(self, settings: Settings) -> dict[int, tuple[int, int]]:
         try:
-            metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if metadata is None or metadata.error is not None or not metadata.partitions:
-                raise PipelineError(f"dead-letter topic {self.topic!r} does not exist: either nothing was "
-                                    "dead-lettered yet, or it has another name; choose it with --topic (or DLQ_TOPIC)")
-            return watermarks(self._consumer, self.topic, sorted(metadata.partitions))
-        except KafkaException as exc:
-            self._consumer.poll(0)  # serves the queued error callbacks; nothing is assigned, so nothing is read
-            reason = next((e for e in self._errors if e.code() != KafkaError._ALL_BROKERS_DOWN), exc.args[0])
-            raise PipelineError(f"cannot read {self.topic!r} from Kafka at {settings.bootstrap_servers} "
-                                f"({reason.str()}); check KAFKA_BOOTSTRAP_SERVERS and that the broker is up") from None
+            metadata = cluster_metadata(self._consumer, self._errors, LOOKUP_TIMEOUT, topic=self.topic)
+            partitions = partitions_in(metadata, self.topic)
+            return watermarks(lookup_offsets(settings), self.topic, partitions)
+        except TopicNotFound:
+            raise PipelineError(f"dead-letter topic {self.topic!r} does not exist: either nothing was dead-lettered "
+                                "yet, or it has another name; choose it with --topic (or DLQ_TOPIC)") from None
+        except KafkaUnreachable as exc:
+            reason, fix = exc.reason, exc.fix
+        except KafkaException as exc:  # the broker went away between the two questions
+            reason, fix = exc.args[0], explain(exc.args[0]).fix
+        raise PipelineError(f"cannot read {self.topic!r} from Kafka at {settings.bootstrap_servers} "
+                            f"({reason.str()}); {fix}")
 
     def letters(self) -> Iterator[Message]:
         """Every letter from the low to the high watermark each partition had when this reader started."""
@@ -208,12 +218,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    topic = args.topic or settings.dlq_topic
+    topic = args.topic or dead_letter_topic(settings.topics[0], settings.dlq_topic)
     if not topic:
-        if settings.topics[0].startswith("^"):
-            raise PipelineError("KAFKA_TOPICS starts with a pattern: name the dead-letter topic with --topic "
-                                "(or DLQ_TOPIC)")
-        topic = settings.dlq_topic_for(settings.topics[0])
+        raise PipelineError("KAFKA_TOPICS starts with a pattern: name the dead-letter topic with --topic "
+                            "(or DLQ_TOPIC)")
     scrub = Scrubber(settings.secrets())
 
     def emit(line: str) -> None:

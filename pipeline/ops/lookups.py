@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message
 
 from pipeline.config import Settings
+from pipeline.kafka.admin import BrokerOffsets
 from pipeline.kafka.assignment import OffsetRanges
 from pipeline.kafka.ledger import PartitionKey
 from pipeline.kafka.pipeline import Pipeline
@@ -18,6 +19,7 @@ from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import PipelineError, Skip
 
 Ranges = dict[PartitionKey, tuple[int, int]]
+LOOKUP_TIMEOUT = 10.0  # seconds for each question to the broker
 
 
 def parse_time(text: str) -> int:
@@ -31,30 +33,22 @@ def parse_time(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def lookup_consumer(settings: Settings, group: str | None = None) -> Consumer:
-    """A consumer for metadata, watermarks and committed offsets; it never subscribes or commits."""
-    return Consumer({**settings.kafka_client_config(), "group.id": group or f"{settings.group_id}.lookup",
-                     "enable.auto.commit": False})
+def lookup_offsets(settings: Settings, group: str | None = None) -> BrokerOffsets:
+    """Partitions, watermarks and the committed offsets of `group` (default: the live group), asked over an
+    admin connection: nothing subscribes or commits."""
+    return BrokerOffsets(settings.kafka_client_config(), group or settings.group_id, LOOKUP_TIMEOUT)
 
 
-def watermarks(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
-    """(low, high) offsets per partition."""
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+def watermarks(offsets: BrokerOffsets, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets per partition of one topic."""
+    marks = offsets.watermarks((topic, p) for p in partitions)
+    return {p: marks[(topic, p)] for p in partitions}
 
 
-def partitions_of(consumer: Consumer, topic: str) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise PipelineError(f"topic {topic!r} does not exist; check the name (and KAFKA_BOOTSTRAP_SERVERS)")
-    return sorted(metadata.partitions)
-
-
-def offsets_at(consumer: Consumer, topic: str, partitions: list[int], epoch_ms: int) -> dict[int, int]:
-    """First offset at or after the time per partition; the end of the partition if there is none."""
-    found = consumer.offsets_for_times([TopicPartition(topic, p, epoch_ms) for p in partitions], timeout=10)
-    past_the_end = [tp.partition for tp in found if tp.offset < 0]
-    ends = {p: high for p, (_, high) in watermarks(consumer, topic, past_the_end).items()}
-    return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition] for tp in found}
+def offsets_at(offsets: BrokerOffsets, topic: str, partitions: list[int], epoch_ms: int) -> dict[int, int]:
+    """First offset at or after the time per partition of one topic; the end of the partition if there is none."""
+    found = offsets.offsets_at(((topic, p) for p in partitions), epoch_ms)
+    return {p: found[(topic, p)] for p in partitions}
 
 
 def print_ranges(ranges: Ranges) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 
 from pipeline.config import Settings, add_options, load_settings
-from pipeline.kafka.dead_letters import HEADER_PREFIX, error_headers
+from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, Skip
 from pipeline.ops.lookups import (
     Ranges,
-    lookup_consumer,
+    lookup_offsets,
     parse_time,
-    partitions_of,
     print_ranges,
     report,
     run_range,
@@ -62,19 +61,16 @@ class RedriveFilter:
 def redrive_ranges(settings: Settings, dlq_topic: str, group: str) -> Ranges:
     """From the redrive group's cursor (or the start) to the end as of now: letters that fail again are
     appended after that end, so one redrive never loops on its own output."""
-    consumer = lookup_consumer(settings, group)
-    try:
-        partitions = partitions_of(consumer, dlq_topic)
-        committed = consumer.committed([TopicPartition(dlq_topic, p) for p in partitions], timeout=10)
-        marks = watermarks(consumer, dlq_topic, partitions)
-        ranges = {}
-        for tp in committed:
-            low, high = marks[tp.partition]
-            start = tp.offset if tp.offset >= 0 else low
-            ranges[(dlq_topic, tp.partition)] = (max(start, low), high)
-        return ranges
-    finally:
-        consumer.close()
+    lookup = lookup_offsets(settings, group)
+    partitions = lookup.partitions(dlq_topic)
+    committed = lookup.committed((dlq_topic, p) for p in partitions)
+    marks = watermarks(lookup, dlq_topic, partitions)
+    ranges = {}
+    for (topic, partition), offset in committed.items():
+        low, high = marks[partition]
+        start = offset if offset >= 0 else low
+        ranges[(topic, partition)] = (max(start, low), high)
+    return ranges
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

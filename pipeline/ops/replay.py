@@ -13,10 +13,9 @@ from pipeline.config import Settings, add_options, load_settings
 from pipeline.model import PipelineError
 from pipeline.ops.lookups import (
     Ranges,
-    lookup_consumer,
+    lookup_offsets,
     offsets_at,
     parse_time,
-    partitions_of,
     print_ranges,
     report,
     run_range,
@@ -41,24 +40,21 @@ def parse_offset_ranges(text: str) -> dict[int, tuple[int, int]]:
 
 def resolve_ranges(settings: Settings, topic: str, *, since: str | None, until: str | None,
                    offsets: str | None) -> Ranges:
-    consumer = lookup_consumer(settings)
-    try:
-        partitions = partitions_of(consumer, topic)
-        marks = watermarks(consumer, topic, partitions)
-        if offsets:
-            explicit = parse_offset_ranges(offsets)
-            unknown = set(explicit) - set(partitions)
-            if unknown:
-                raise PipelineError(f"{topic!r} has no partition {sorted(unknown)}; it has {partitions}")
-            return {(topic, p): (max(start, marks[p][0]), min(end, marks[p][1]))
-                    for p, (start, end) in explicit.items()}
-        starts = offsets_at(consumer, topic, partitions, parse_time(since)) if since else \
-            {p: low for p, (low, _) in marks.items()}
-        ends = offsets_at(consumer, topic, partitions, parse_time(until)) if until else \
-            {p: high for p, (_, high) in marks.items()}
-        return {(topic, p): (starts[p], max(starts[p], ends[p])) for p in partitions}
-    finally:
-        consumer.close()
+    lookup = lookup_offsets(settings)
+    partitions = lookup.partitions(topic)
+    marks = watermarks(lookup, topic, partitions)
+    if offsets:
+        explicit = parse_offset_ranges(offsets)
+        unknown = set(explicit) - set(partitions)
+        if unknown:
+            raise PipelineError(f"{topic!r} has no partition {sorted(unknown)}; it has {partitions}")
+        return {(topic, p): (max(start, marks[p][0]), min(end, marks[p][1]))
+                for p, (start, end) in explicit.items()}
+    starts = offsets_at(lookup, topic, partitions, parse_time(since)) if since else \
+        {p: low for p, (low, _) in marks.items()}
+    ends = offsets_at(lookup, topic, partitions, parse_time(until)) if until else \
+        {p: high for p, (_, high) in marks.items()}
+    return {(topic, p): (starts[p], max(starts[p], ends[p])) for p in partitions}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,13 +9,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.config import add_options, load_settings
 from pipeline.model import PipelineError
-from pipeline.ops.lookups import (
-    lookup_consumer,
-    offsets_at,
-    parse_time,
-    partitions_of,
-    watermarks,
-)
+from pipeline.ops.lookups import lookup_offsets, offsets_at, parse_time, watermarks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,28 +30,25 @@ def main(args: argparse.Namespace) -> int:
     if description.members:
         raise PipelineError(f"group {group!r} has {len(description.members)} active member(s); stop every "
                             "`wigzo-pipeline run` of this group first, then reset")
-    consumer = lookup_consumer(settings)
-    try:
-        rows = []
-        for topic in settings.topics:
-            partitions = partitions_of(consumer, topic)
-            before = _committed(admin, group, [TopicPartition(topic, p) for p in partitions])
-            marks = watermarks(consumer, topic, partitions)
-            if args.to_datetime:
-                after = offsets_at(consumer, topic, partitions, parse_time(args.to_datetime))
-            elif args.to_offset is not None:
-                after = {p: min(max(args.to_offset, low), high) for p, (low, high) in marks.items()}
-            elif args.to_earliest:
-                after = {p: low for p, (low, _) in marks.items()}
-            else:
-                after = {p: high for p, (_, high) in marks.items()}
-            rows += [(topic, p, before.get(p), after[p]) for p in partitions]
-    finally:
-        consumer.close()
+    lookup = lookup_offsets(settings, group)
+    rows = []
+    for topic in settings.topics:
+        partitions = lookup.partitions(topic)
+        before = lookup.committed((topic, p) for p in partitions)
+        marks = watermarks(lookup, topic, partitions)
+        if args.to_datetime:
+            after = offsets_at(lookup, topic, partitions, parse_time(args.to_datetime))
+        elif args.to_offset is not None:
+            after = {p: min(max(args.to_offset, low), high) for p, (low, high) in marks.items()}
+        elif args.to_earliest:
+            after = {p: low for p, (low, _) in marks.items()}
+        else:
+            after = {p: high for p, (_, high) in marks.items()}
+        rows += [(topic, p, before[(topic, p)], after[p]) for p in partitions]
     print(f"group {group}")
     print(f"{'topic':<30} {'partition':>9} {'before':>10} {'after':>10}")
     for topic, partition, before_offset, after_offset in rows:
-        shown = "-" if before_offset is None else str(before_offset)
+        shown = "-" if before_offset < 0 else str(before_offset)
         print(f"{topic:<30} {partition:>9} {shown:>10} {after_offset:>10}")
     if args.dry_run:
         print("dry run: nothing changed")
@@ -67,8 +58,3 @@ def main(args: argparse.Namespace) -> int:
     print("offsets moved")
     return 0
 
-
-def _committed(admin: AdminClient, group: str, tps: list[TopicPartition]) -> dict[int, int | None]:
-    request = ConsumerGroupTopicPartitions(group, tps)
-    answer = admin.list_consumer_group_offsets([request])[group].result(timeout=15)
-    return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in answer.topic_partitions}

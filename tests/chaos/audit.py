@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pipeline.config import Settings
 from pipeline.contract.decoder import EventDecoder
 from pipeline.dev.samples import SampleMessage, SampleStream
-from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.dead_letter_headers import error_headers
 from pipeline.model import Deliver, Rejection, Secret, Skip
 from pipeline.wigzo.mapping import MappingConfig, map_event
 from tests.chaos.harness import API_TOKEN, ORG_TOKEN, Produced, Wigzo

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from pipeline.dev.samples import SampleMessage, SampleStream
-from pipeline.kafka.dead_letters import TRUNCATED_HEADER
+from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER
 from tests.chaos.audit import (
     DELIVER,
     REJECT,

@@ -19,7 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import REGISTRY
 
 from pipeline.config import Settings
-from pipeline.kafka.dead_letters import DeadLetterWriteError, error_headers, original_headers
+from pipeline.kafka.dead_letter_headers import error_headers, original_headers
+from pipeline.kafka.dead_letters import DeadLetterWriteError
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import Outcome, Secret
 from tests.conftest import TopicFactory

@@ -14,7 +14,7 @@ from confluent_kafka import Message
 
 from pipeline.cli import main as cli
 from pipeline.dev.samples import SampleMessage, SampleStream
-from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.dead_letter_headers import error_headers
 from pipeline.model import Secret
 from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox

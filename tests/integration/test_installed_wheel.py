@@ -21,7 +21,7 @@ import requests
 from confluent_kafka import Producer
 
 from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS
-from pipeline.kafka.dead_letters import error_headers
+from pipeline.kafka.dead_letter_headers import error_headers
 from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 from tests.integration.pipeline_harness import free_port, read_all

@@ -19,11 +19,8 @@ import pytest
 from pipeline.contract.decoder import EventDecoder
 from pipeline.dev.samples import SampleMessage, SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
-from pipeline.kafka.dead_letters import (
-    HEADER_PREFIX,
-    DeadLetterWriteError,
-    error_headers,
-)
+from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
+from pipeline.kafka.dead_letters import DeadLetterWriteError
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import Outcome, PipelineError
 from pipeline.ops.lookups import run_range

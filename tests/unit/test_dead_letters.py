@@ -8,14 +8,16 @@ from confluent_kafka import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.kafka.dead_letters import (
+from pipeline.kafka.dead_letter_headers import (
     HEADER_PREFIX,
-    RECORD_FRAMING,
     TRUNCATED_HEADER,
-    Letter,
     context_headers,
-    cut_to_fit,
     error_headers,
+)
+from pipeline.kafka.dead_letters import (
+    RECORD_FRAMING,
+    Letter,
+    cut_to_fit,
     producer_sizing,
     topic_name_problem,
 )
