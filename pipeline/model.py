@@ -138,6 +138,8 @@ class WigzoRequest:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
+    """Send these requests, in order: the event is delivered once Wigzo accepted every one."""
+
     requests: tuple[WigzoRequest, ...]
 
 
@@ -148,11 +150,10 @@ class Skip:
     reason: str
 
 
-MappingDecision = Deliver | Skip | Rejection
-
-
 @dataclass(frozen=True, slots=True)
 class Delivered:
+    """Wigzo answered 2xx (`status`) after `attempts` tries."""
+
     status: int
     attempts: int
 
@@ -180,7 +181,8 @@ class Aborted:
     attempts: int
 
 
-DeliveryResult = Delivered | DeliveryFailed | Aborted
+MappingDecision = Deliver | Skip | Rejection  # what the chain (pipeline.wigzo.chain) decides for an event
+DeliveryResult = Delivered | DeliveryFailed | Aborted  # how one event's delivery ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,14 +118,16 @@ class _CallSpec:
 
 @dataclass(frozen=True, slots=True)
 class _ReadPlan:
-    """How to read one writer schema: reader is None when the writer already is the current schema."""
+    """How to read one writer schema."""
 
     writer: Any
-    reader: Any
+    reader: Any = None  # the current schema to resolve to; None when the writer already is it
 
 
 @dataclass(frozen=True, slots=True)
 class _Contract:
+    """The Segment contract as read once from schemas/: each call type's rules, by name and by Avro record."""
+
     calls: dict[str, _CallSpec]
     by_record: dict[str, _CallSpec]
     union: list[Any]

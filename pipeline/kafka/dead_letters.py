@@ -23,15 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pipeline.config import Settings
-from pipeline.kafka.admin import (
-    KafkaErrors,
-    KafkaUnreachable,
-    TopicCreateError,
-    cluster_metadata,
-    dead_letter_feeds,
-    ensure_topic,
-    source_partitions,
-)
+from pipeline.kafka import admin
 from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER, Headers, context_headers, original_headers
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import DeadLetter, PipelineError, Scrubber
@@ -130,7 +122,7 @@ class DeadLetterWriter(Generic[Ticket]):
         self._settings = settings
         self.scrub = Scrubber(settings.secrets())
         self._watch = KafkaWatch(settings.bootstrap_servers)  # says why the admin client cannot get through
-        self._errors = KafkaErrors(forward=self._watch.on_error)
+        self._errors = admin.KafkaErrors(forward=self._watch.on_error)
         self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER,
                                    "error_cb": self._errors})
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
@@ -144,7 +136,7 @@ class DeadLetterWriter(Generic[Ticket]):
         the topic exists (created if absent) and tells its size limit. Raises DeadLetterWriteError naming
         the topic and the fix. A pattern source writes to DLQ_TOPIC (without it the subscription is refused).
         `write` checks any other topic at its first letter (replay or redrive of a topic not in KAFKA_TOPICS)."""
-        feeding = dead_letter_feeds(source_topics, self._settings.dlq_topic)
+        feeding = admin.dead_letter_feeds(source_topics, self._settings.dlq_topic)
         for topic in feeding:
             self._check_name(topic)
         for topic, sources in feeding.items():
@@ -274,13 +266,14 @@ class DeadLetterWriter(Generic[Ticket]):
         """Make sure the topic exists, created if absent with as many partitions as its largest source (like
         the source, keyed letters spread over partitions), and learn its size limit."""
         try:
-            metadata = cluster_metadata(self._admin, self._errors, ADMIN_TIMEOUT)
-            ensured = ensure_topic(self._admin, metadata, topic, source_partitions(metadata, sources), ADMIN_TIMEOUT)
-        except KafkaUnreachable as exc:
+            metadata = admin.cluster_metadata(self._admin, self._errors, ADMIN_TIMEOUT)
+            partitions = admin.source_partitions(metadata, sources)
+            ensured = admin.ensure_topic(self._admin, metadata, topic, partitions, ADMIN_TIMEOUT)
+        except admin.KafkaUnreachable as exc:
             self._watch.raise_if_fatal()  # rejected credentials say so, rather than "transport failure"
             raise DeadLetterWriteError(f"could not check dead-letter topic {topic!r}: {exc.reason.str()}; "
                                        f"{exc.fix}") from None
-        except TopicCreateError as exc:
+        except admin.TopicCreateError as exc:
             fix = (f"create it ({exc.partitions} partition(s)) or allow this client to create topics" if exc.reason
                    else "check the brokers, or create it yourself")
             raise DeadLetterWriteError(f"dead-letter {exc}; {fix}") from None

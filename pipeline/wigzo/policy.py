@@ -39,24 +39,25 @@ class DeliveryPolicy:
     auth_statuses: frozenset[int] = frozenset({401, 403})
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
-    retry_after_cap: float = 300.0  # a proxy asking for days must not park events that long
+    retry_after_cap: float = 300.0
+    """A proxy asking for days must not park events that long."""
     circuit_window: int = 20
     circuit_min_calls: int = 10
     circuit_failure_ratio: float = 0.75
     probe_base: float = 1.0
     probe_cap: float = 30.0
-    # probes while the token is rejected or the configuration is wrong: an operator fixing it wants delivery
-    # back within seconds, and one request every 5 s costs Wigzo nothing
     auth_probe_base: float = 1.0
     auth_probe_cap: float = 5.0
+    """Probes while the token is rejected or the configuration is wrong: an operator fixing it wants delivery
+    back within seconds, and one request every 5 s costs Wigzo nothing."""
     throttle_decrease: float = 0.5
-    # the concurrency limit is lowered only when more than this share of a window of answers were 429s:
-    # a server shedding load at random answers a steady minority with 429, a rate limit we exceed most of them
     throttle_window: int = 50
     throttle_ratio: float = 0.35
-    # a request unanswered for this long (Wigzo hangs) stops counting against the concurrency limit, so
-    # requests hanging until their read timeout cannot hold delivery at zero once Wigzo answers again
+    """The concurrency limit is lowered only when more than this share of a window of answers were 429s: a
+    server shedding load at random answers a steady minority with 429, a rate limit we exceed most of them."""
     stall_after: float = 3.0
+    """A request unanswered for this long (Wigzo hangs) stops counting against the concurrency limit, so
+    requests hanging until their read timeout cannot hold delivery at zero once Wigzo answers again."""
     gate_poll: float = 0.1
 
     def classify_status(self, status: int) -> Verdict:
