@@ -194,8 +194,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly
     samples = list(SampleStream(seed=9).messages(4000))
     produce(kafka_bootstrap, topic, samples)
     settings = settings_for(kafka_bootstrap, topic, server.url, max_in_flight=32)
+    # the killed member's partitions move once the broker gives up on it: after the broker's minimum session
+    # timeout (6 s) rather than librdkafka's default 45 s
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": settings.group_id,
-           "WIGZO_BASE_URL": server.url, "WIGZO_ORG_TOKEN": ORG_TOKEN, "WIGZO_MAX_IN_FLIGHT": "32"}
+           "WIGZO_BASE_URL": server.url, "WIGZO_ORG_TOKEN": ORG_TOKEN, "WIGZO_MAX_IN_FLIGHT": "32",
+           "KAFKA_OPT_SESSION_TIMEOUT_MS": "6000", "KAFKA_OPT_HEARTBEAT_INTERVAL_MS": "1000"}
 
     log = tmp_path / "run.log"
     victim = _run_subprocess(env, log)
