@@ -71,7 +71,9 @@ class Case:
             self.paused_after_s = round(wait_for(lambda: bool(_misconfigured(member)), 90,
                                                  f"{self.name}: /readyz 503 saying Wigzo is misconfigured"), 1)
             self.reasons = _misconfigured(member)
-            time.sleep(3)  # held events keep probing: they must not be dead-lettered meanwhile
+            sent = member.requests_sent()
+            # held events keep probing, refused the same way: they must not be dead-lettered meanwhile
+            wait_for(lambda: member.requests_sent() >= sent + 2, 60, f"{self.name}: two probes while paused")
             self.still_paused = bool(_misconfigured(member))
             restart_url = self.fix()
             if restart_url is None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from pipeline.dev.sandbox import Faults
 from tests.chaos.audit import (
     ResultRow,
@@ -76,14 +74,6 @@ class FaultRun:
         wait_for(lambda: self.sandbox.control.stats()["connections_opened"] >= self.in_flight, 60,
                  f"{self.in_flight} connections open")
         wait_for(lambda: self.meter.rate() > 0, 60, "a window of throughput")
-
-    def concurrency_limit(self) -> float | None:
-        """The member's concurrency limit from its /metrics, None while it does not answer."""
-        answer = self.member.get("/metrics")
-        if answer is None:
-            return None
-        return next((sample.value for family in text_string_to_metric_families(answer.text)
-                     for sample in family.samples if sample.name == "wigzo_pipeline_concurrency_limit"), None)
 
     def wait_for_rate(self, target: float, limit: float) -> None:
         """Until the last seconds' throughput reaches `target` (or `limit` seconds pass: the audit judges)."""
@@ -160,7 +150,7 @@ def test_a_rate_limit_is_used_to_at_least_80_percent_without_retry_after_violati
     time.sleep(scale.seconds(4))  # the measurement window
     sandbox.control.set_faults(rate_limit_per_second=RATE_LIMIT)
     # the burst is spent and the client has found the rate: 429s made it lower its concurrency
-    wait_for(lambda: (run.concurrency_limit() or run.in_flight) < run.in_flight, 60,
+    wait_for(lambda: (run.member.metric("wigzo_pipeline_concurrency_limit") or run.in_flight) < run.in_flight, 60,
              "the member to lower its concurrency limit under the rate limit")
     limited_window = (time.time(), time.time() + scale.seconds(10))
     time.sleep(scale.seconds(10))  # the measurement window
