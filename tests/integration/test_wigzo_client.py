@@ -286,7 +286,7 @@ def test_stop_interrupts_the_wait_for_an_open_circuit(sandbox: Sandbox, make_cli
 
 
 def test_the_pool_keeps_one_connection_per_request_in_flight(sandbox: Sandbox, make_client: Any) -> None:
-    sandbox.control.set_faults(latency_ms=100)
+    sandbox.control.set_faults(latency_ms=1000)  # long enough for all 32 threads to start on a busy machine
     client = make_client(max_in_flight=32)
     opened = sandbox.control.stats()["connections_opened"]
     results = deliver_all(client, [identify(f"k{n}") for n in range(32)], workers=32)
