@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
@@ -96,6 +97,7 @@ def _delivery_letters_by_status(result: Audit) -> Counter[str]:
                    if letter.context.get("stage") == "delivery")
 
 
+@pytest.mark.slow
 def test_a_wrong_base_url_or_a_wigzo_refusing_everything_pauses_delivery_instead_of_flooding_the_dlq(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
     events = scale.events(600)
@@ -188,6 +190,7 @@ def test_an_event_map_the_mapping_rejects_for_every_event_holds_them_instead_of_
     assert not members.leaked([ORG_TOKEN, API_TOKEN])
 
 
+@pytest.mark.slow
 def test_a_missing_topic_or_an_unreachable_broker_fails_a_batch_run_with_the_reason(
         kafka_bootstrap: str, kafka_admin: AdminClient, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
     sandbox = wigzo()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import pytest
 import trustme
 
 from pipeline.dev.local_kafka import SaslListener
@@ -72,6 +73,7 @@ def _scrape(member: Member, into: list[str]) -> None:
             into.append(answer.text)
 
 
+@pytest.mark.slow
 def test_no_secret_appears_in_logs_metrics_or_dead_letters_of_a_sasl_run_through_every_kind_of_failure(
         kafka_bootstrap: str, kafka_sasl: SaslListener, make_topic: TopicFactory, wigzo: WigzoFactory,
         members: Members, scale: Scale, tmp_path: Path) -> None:
@@ -127,6 +129,7 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters_of_a_sasl_run_through
     assert not any(leaks.values()), leaks
 
 
+@pytest.mark.slow
 def test_a_sandbox_with_an_untrusted_certificate_gets_nothing_until_wigzo_ca_bundle_names_its_ca(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale,
         tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
+
 from pipeline.dev.sandbox import Faults
 from tests.chaos.audit import (
     ResultRow,
@@ -42,6 +44,8 @@ from tests.conftest import TopicFactory, wait_for
 WINDOW = 2.0           # seconds of throughput that count as "back"
 RECOVERY_LIMIT = 10.0  # seconds after a fault clears by which throughput must be back
 RATE_LIMIT = 300       # requests/s the sandbox's token bucket allows in scenario 4
+
+pytestmark = pytest.mark.slow
 
 
 def ratio(scale: Scale, criterion: float, short_margin: float) -> float:

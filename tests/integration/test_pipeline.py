@@ -60,6 +60,7 @@ def _all_done(pipeline: Pipeline, produced: int) -> bool:
     return pipeline.stats.read >= produced and pipeline.outstanding() == 0
 
 
+@pytest.mark.slow
 def test_mixed_stream_every_message_ends_in_exactly_one_outcome(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
     server, control = wigzo
@@ -121,6 +122,7 @@ def test_each_users_events_arrive_in_produced_order_at_concurrency_64(
     assert checked > 500
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["range,roundrobin", "cooperative-sticky"])
 def test_rebalance_mid_stream_loses_nothing(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl],
@@ -185,6 +187,7 @@ def _run_subprocess(settings_env: dict[str, str], log: Path) -> subprocess.Popen
                                 cwd=Path(__file__).resolve().parents[2], stdout=out, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl],
         tmp_path: Path) -> None:
@@ -300,6 +303,7 @@ def test_unwritable_dead_letter_topic_halts_without_committing(
         "nothing may be committed when the dead-letter topic cannot be used"
 
 
+@pytest.mark.slow
 def test_a_wigzo_outage_pauses_consumption_and_dead_letters_nothing(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: tuple[SandboxServer, SandboxControl]) -> None:
     server, control = wigzo

@@ -1,6 +1,7 @@
 """WigzoClient against the sandbox over real HTTP: every row of the classifier, Retry-After, the circuit,
-a 401 phase, bounded timeouts, pooling, an outage many retry budgets long that dead-letters nothing, a broken configuration
-held instead of dead-lettered and resumed by itself, and requests left hanging that do not stop delivery."""
+a 401 phase, bounded timeouts, pooling, an outage many retry budgets long that dead-letters nothing, a broken
+configuration held instead of dead-lettered and resumed by itself, and requests left hanging that do not stop
+delivery."""
 
 from __future__ import annotations
 
@@ -320,6 +321,7 @@ def test_network_errors_never_leak_the_tokens(make_client: Any, caplog: pytest.L
 OUTAGE_SECONDS = 6.0
 
 
+@pytest.mark.slow
 def test_an_outage_of_many_retry_budgets_dead_letters_nothing_and_delivers_every_event_after(
         sandbox: Sandbox, make_client: Any) -> None:
     """A stream of events before, during and after a real outage of the sandbox.
