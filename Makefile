@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/wigzo-pipeline demo
 
+# Most of the suite waits (on Kafka, subprocesses, sandboxes), so it runs on 4 workers even on 2 cores. Each file
+# stays on one worker: module fixtures (the installed wheel) are built once, and the throughput scenarios of
+# test_wigzo_faults.py never compete with each other. Tests marked `serial` run afterwards, alone. --durations
+# lists the slowest tests of each part.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadfile --durations=15 -m "not serial"
+	$(BIN)/python -m pytest --durations=15 -m serial
 
 unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -m "not integration"

@@ -1,8 +1,13 @@
 """Shared fixtures: a real Kafka broker (the project's local one unless KAFKA_BOOTSTRAP_SERVERS is set)
-and uniquely named topics that are deleted after each test."""
+and uniquely named topics that are deleted after each test.
+
+The suite runs in parallel (pytest-xdist): each worker is a session of its own, so the local broker is started
+under a file lock by whichever worker needs it first, and stopped once by the controlling process at the end,
+when the run started it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
@@ -34,17 +39,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    if external := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield external
+BROKER_RUNNING_AT_START = pytest.StashKey[bool]()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remember (in the controlling process only) whether the local broker ran before this run."""
+    if not _is_xdist_worker(session.config) and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        kafka = LocalKafka(default_home())
+        session.config.stash[BROKER_RUNNING_AT_START] = kafka.pid() is not None and kafka.answers()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the local broker if this run started it: here, after every worker is done with it."""
+    if session.config.stash.get(BROKER_RUNNING_AT_START, True):
         return
     kafka = LocalKafka(default_home())
-    was_running = kafka.pid() is not None and kafka.answers()
-    bootstrap = kafka.start()
-    yield bootstrap
-    if not was_running:
+    if kafka.pid() is not None:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The broker's address; the local broker is started if it does not run (one worker at a time does that)."""
+    if external := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return external
+    kafka = LocalKafka(default_home())
+    kafka.home.mkdir(parents=True, exist_ok=True)
+    with open(kafka.home / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return kafka.start()
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,13 @@ CHAOS_DIR = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every chaos scenario runs real brokers, sandboxes and pipeline processes: mark them as tests/conftest.py
-    marks tests/integration, so `-m "not integration"` stays fast. (This hook sees the whole session's items.)"""
+    """Every chaos scenario runs real brokers, sandboxes and pipeline processes: mark them `integration` as
+    tests/conftest.py marks tests/integration, so `-m "not integration"` stays fast, and `chaos`, so
+    `-m "not chaos"` leaves them out. (This hook sees the whole session's items.)"""
     for item in items:
         if CHAOS_DIR in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.chaos)
 
 
 @pytest.fixture(scope="session")

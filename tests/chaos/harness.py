@@ -27,6 +27,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS
 from pipeline.dev.local_kafka import LocalKafka, default_home
@@ -156,6 +157,18 @@ class Member:
             return requests.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5)
         except requests.RequestException:
             return None
+
+    def metric(self, sample: str) -> float | None:
+        """A sample's value from /metrics, summed over its labels (0 if absent); None while nothing listens."""
+        answer = self.get("/metrics")
+        if answer is None:
+            return None
+        return sum(found.value for family in text_string_to_metric_families(answer.text)
+                   for found in family.samples if found.name == sample)
+
+    def requests_sent(self) -> float:
+        """Requests the member sent to Wigzo, whatever their answer (0 while it does not answer)."""
+        return self.metric("wigzo_pipeline_http_requests_total") or 0.0
 
     def readyz(self) -> tuple[int, list[str]]:
         answer = self.get("/readyz")

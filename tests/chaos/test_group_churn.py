@@ -13,6 +13,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import Faults
 from tests.chaos.audit import ResultRow, audit, report
@@ -36,6 +38,8 @@ MEMBERS = 3
 KILL_EVERY = 4.0      # seconds between SIGKILLs
 DRAIN_BOUND = 60.0    # seconds from the end of the churn until everything is committed
 SESSION_TIMEOUT_MS = 6000  # the broker's group.min.session.timeout.ms
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigkilling_members_every_few_seconds_loses_nothing_and_the_group_drains(

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
@@ -28,7 +29,6 @@ from tests.chaos.harness import (
     Scale,
     Wigzo,
     committed_to_end,
-    free_port,
     produce,
     stop_member,
 )
@@ -72,7 +72,9 @@ class Case:
             self.paused_after_s = round(wait_for(lambda: bool(_misconfigured(member)), 90,
                                                  f"{self.name}: /readyz 503 saying Wigzo is misconfigured"), 1)
             self.reasons = _misconfigured(member)
-            time.sleep(3)  # held events keep probing: they must not be dead-lettered meanwhile
+            sent = member.requests_sent()
+            # held events keep probing, refused the same way: they must not be dead-lettered meanwhile
+            wait_for(lambda: member.requests_sent() >= sent + 2, 60, f"{self.name}: two probes while paused")
             self.still_paused = bool(_misconfigured(member))
             restart_url = self.fix()
             if restart_url is None:
@@ -95,6 +97,7 @@ def _delivery_letters_by_status(result: Audit) -> Counter[str]:
                    if letter.context.get("stage") == "delivery")
 
 
+@pytest.mark.slow
 def test_a_wrong_base_url_or_a_wigzo_refusing_everything_pauses_delivery_instead_of_flooding_the_dlq(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
     events = scale.events(600)
@@ -187,11 +190,12 @@ def test_an_event_map_the_mapping_rejects_for_every_event_holds_them_instead_of_
     assert not members.leaked([ORG_TOKEN, API_TOKEN])
 
 
+@pytest.mark.slow
 def test_a_missing_topic_or_an_unreachable_broker_fails_a_batch_run_with_the_reason(
         kafka_bootstrap: str, kafka_admin: AdminClient, wigzo: WigzoFactory, members: Members, scale: Scale) -> None:
     sandbox = wigzo()
     missing = f"chaos-missing-{uuid.uuid4().hex[:8]}"
-    unreachable = f"127.0.0.1:{free_port()}"  # nothing listens there
+    unreachable = "127.0.0.1:1"  # a privileged port: nothing listens there, whatever else runs meanwhile
     batch = ("--exit-when-idle", "2", "--startup-timeout", "10")
     common = {"WIGZO_BASE_URL": sandbox.url, "KAFKA_GROUP_ID": f"chaos-batch-{uuid.uuid4().hex[:8]}",
               "KAFKA_OPT_ALLOW_AUTO_CREATE_TOPICS": "false"}
@@ -214,8 +218,14 @@ def test_a_missing_topic_or_an_unreachable_broker_fails_a_batch_run_with_the_rea
                           exit_code=code, exited_after_s=seconds) for case, (code, seconds) in exits.items()))
 
     errors = {case: member.output() for case, member in runs.items()}
-    assert all(code != 0 for code, _ in exits.values()), (exits, members.tails())
-    assert missing in errors["missing topic"], errors["missing topic"][-2000:]
-    assert "KAFKA_BOOTSTRAP_SERVERS" in errors["unreachable broker"], errors["unreachable broker"][-2000:]
+    assert all(code == 2 for code, _ in exits.values()), (exits, members.tails())
+    assert all(seconds < EXIT_BOUND for _, seconds in exits.values()), exits
+    refused = errors["missing topic"]
+    assert missing in refused and "no partition of" in refused and "STARTUP_TIMEOUT" in refused, refused[-2000:]
+    # the dead-letter topic is checked first, before any partition is awaited
+    unreached = errors["unreachable broker"]
+    assert f"cannot reach Kafka at {unreachable}" in unreached and "check KAFKA_BOOTSTRAP_SERVERS" in unreached, \
+        unreached[-2000:]
+    assert unreached.count(f"Connect to ipv4#{unreachable} failed") <= 6, "librdkafka's flood is held back"
     assert sandbox.control.stats()["seen"] == 0
     assert not members.leaked([ORG_TOKEN, API_TOKEN])

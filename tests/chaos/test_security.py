@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import ssl
-import time
 from pathlib import Path
 
+import pytest
 import trustme
 
 from pipeline.dev.local_kafka import SaslListener
@@ -73,6 +73,7 @@ def _scrape(member: Member, into: list[str]) -> None:
             into.append(answer.text)
 
 
+@pytest.mark.slow
 def test_no_secret_appears_in_logs_metrics_or_dead_letters_of_a_sasl_run_through_every_kind_of_failure(
         kafka_bootstrap: str, kafka_sasl: SaslListener, make_topic: TopicFactory, wigzo: WigzoFactory,
         members: Members, scale: Scale, tmp_path: Path) -> None:
@@ -96,7 +97,8 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters_of_a_sasl_run_through
     sandbox.control.set_faults(unauthorized=True)  # the token "revoked" for a while
     wait_for(lambda: sasl_member.readyz()[0] == 503, 30, "/readyz 503 while the token is rejected")
     _scrape(sasl_member, scraped)
-    time.sleep(2)
+    rejected = sandbox.control.stats()["seen"]
+    wait_for(lambda: sandbox.control.stats()["seen"] > rejected, 30, "a probe refused with 401 while unready")
     sandbox.control.set_faults(unauthorized=False)
     wait_for(lambda: refused_member.readyz()[0] == 503, 60, "/readyz 503 while Wigzo cannot be reached")
     _scrape(refused_member, scraped)
@@ -127,6 +129,7 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters_of_a_sasl_run_through
     assert not any(leaks.values()), leaks
 
 
+@pytest.mark.slow
 def test_a_sandbox_with_an_untrusted_certificate_gets_nothing_until_wigzo_ca_bundle_names_its_ca(
         kafka_bootstrap: str, make_topic: TopicFactory, wigzo: WigzoFactory, members: Members, scale: Scale,
         tmp_path: Path) -> None:
@@ -144,7 +147,8 @@ def test_a_sandbox_with_an_untrusted_certificate_gets_nothing_until_wigzo_ca_bun
 
     untrusting = members.start("untrusting", settings)
     refused_for = wait_for(lambda: untrusting.readyz()[0] == 503, 60, "/readyz 503 while the certificate is refused")
-    time.sleep(2)
+    tried = untrusting.requests_sent()
+    wait_for(lambda: untrusting.requests_sent() >= tried + 2, 30, "two more attempts at the untrusted sandbox")
     seen_before_trust = sandbox.control.stats()["seen"]
     untrusting_exit = stop_member(untrusting)
     trusting = members.start("trusting", {**settings, "WIGZO_CA_BUNDLE": str(ca_file)}, "--exit-when-idle", "3")

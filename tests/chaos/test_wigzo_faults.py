@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
+
 from pipeline.dev.sandbox import Faults
 from tests.chaos.audit import (
     ResultRow,
@@ -43,6 +45,8 @@ WINDOW = 2.0           # seconds of throughput that count as "back"
 RECOVERY_LIMIT = 10.0  # seconds after a fault clears by which throughput must be back
 RATE_LIMIT = 300       # requests/s the sandbox's token bucket allows in scenario 4
 
+pytestmark = pytest.mark.slow
+
 
 def ratio(scale: Scale, criterion: float, short_margin: float) -> float:
     """The issue's criterion in the long version; `short_margin` lower in CI's short one."""
@@ -55,6 +59,7 @@ class FaultRun:
     def __init__(self, bootstrap: str, topic: str, sandbox: Wigzo, members: Members, *, in_flight: int,
                  users: int, seed: int, **settings: str) -> None:
         self.bootstrap, self.topic, self.sandbox, self.group = bootstrap, topic, sandbox, f"{topic}-group"
+        self.in_flight = in_flight
         latency = float(sandbox.control.faults()["latency_ms"]) / 1000
         backlog = int(3 * in_flight / latency)  # three seconds of work at full speed
         self.feeder_control = sandbox.another_control()
@@ -66,6 +71,13 @@ class FaultRun:
         self.feeder.start()
         self.meter = RateMeter(sandbox.control)
         wait_for(lambda: sandbox.control.count() > 0, 60, "the first delivery")
+
+    def wait_until_at_full_speed(self) -> None:
+        """Until every request slot has had its connection open at once and the meter has a window of throughput:
+        from here on only Wigzo limits the member."""
+        wait_for(lambda: self.sandbox.control.stats()["connections_opened"] >= self.in_flight, 60,
+                 f"{self.in_flight} connections open")
+        wait_for(lambda: self.meter.rate() > 0, 60, "a window of throughput")
 
     def wait_for_rate(self, target: float, limit: float) -> None:
         """Until the last seconds' throughput reaches `target` (or `limit` seconds pass: the audit judges)."""
@@ -90,9 +102,9 @@ def test_an_outage_a_429_storm_hangs_and_a_401_phase_dead_letter_nothing_and_thr
     topic = make_topic(partitions=6, prefix="chaos-faults")
     run = FaultRun(kafka_bootstrap, topic, sandbox, members, in_flight=8, users=500, seed=3,
                    WIGZO_READ_TIMEOUT="4")
-    time.sleep(3)  # connections open, the concurrency limit settles
+    run.wait_until_at_full_speed()
     baseline_window = (time.time(), time.time() + scale.seconds(5))
-    time.sleep(scale.seconds(5))
+    time.sleep(scale.seconds(5))  # the measurement window
     baseline = rate(accepted_times(sandbox), *baseline_window)
     faults = [  # (name, set, clear): an outage ends by itself
         ("outage", {"outage_seconds": fault_seconds}, {}),
@@ -103,7 +115,7 @@ def test_an_outage_a_429_storm_hangs_and_a_401_phase_dead_letter_nothing_and_thr
     cleared: dict[str, float] = {}
     for name, on, off in faults:
         sandbox.control.set_faults(**on)
-        time.sleep(fault_seconds)
+        time.sleep(fault_seconds)  # the fault's duration, as the scenario defines it
         if off:
             sandbox.control.set_faults(**off)
         cleared[name] = time.time()
@@ -137,13 +149,15 @@ def test_a_rate_limit_is_used_to_at_least_80_percent_without_retry_after_violati
     sandbox = wigzo(faults=Faults(latency_ms=25))
     topic = make_topic(partitions=6, prefix="chaos-ratelimit")
     run = FaultRun(kafka_bootstrap, topic, sandbox, members, in_flight=16, users=2000, seed=4)
-    time.sleep(2)
+    run.wait_until_at_full_speed()
     unlimited_window = (time.time(), time.time() + scale.seconds(4))
-    time.sleep(scale.seconds(4))
+    time.sleep(scale.seconds(4))  # the measurement window
     sandbox.control.set_faults(rate_limit_per_second=RATE_LIMIT)
-    time.sleep(3)  # the burst is spent, the client has found the rate
+    # the burst is spent and the client has found the rate: 429s made it lower its concurrency
+    wait_for(lambda: (run.member.metric("wigzo_pipeline_concurrency_limit") or run.in_flight) < run.in_flight, 60,
+             "the member to lower its concurrency limit under the rate limit")
     limited_window = (time.time(), time.time() + scale.seconds(10))
-    time.sleep(scale.seconds(10))
+    time.sleep(scale.seconds(10))  # the measurement window
     produced = run.finish()
 
     times = accepted_times(sandbox)
@@ -168,13 +182,15 @@ def test_ten_percent_random_429s_with_retry_after_3_keep_half_the_throughput(
     sandbox = wigzo(faults=Faults(latency_ms=25))
     topic = make_topic(partitions=6, prefix="chaos-429s")
     run = FaultRun(kafka_bootstrap, topic, sandbox, members, in_flight=16, users=2000, seed=6)
-    time.sleep(2)
+    run.wait_until_at_full_speed()
     unthrottled_window = (time.time(), time.time() + scale.seconds(6))
-    time.sleep(scale.seconds(6))
+    time.sleep(scale.seconds(6))  # the measurement window
     sandbox.control.set_faults(throttle_rate=0.1, retry_after_s=3)
-    time.sleep(4)  # the first Retry-Afters run out: from here on the mix is steady
+    # the first Retry-Afters run out (a throttled event's retry is accepted): from here on the mix is steady
+    wait_for(lambda: any(a["attempt"] >= 2 and a["outcome"] == 200 for a in sandbox.control.attempts()), 60,
+             "a throttled event delivered after its Retry-After", interval=0.5)
     throttled_window = (time.time(), time.time() + scale.seconds(10))
-    time.sleep(scale.seconds(10))
+    time.sleep(scale.seconds(10))  # the measurement window
     sandbox.control.set_faults(throttle_rate=0.0)
     produced = run.finish()
 

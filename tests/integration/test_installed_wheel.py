@@ -33,6 +33,8 @@ BUILD_INPUTS = ("pyproject.toml", "README.md", "pipeline", "schemas")
 INSTALL_TIMEOUT = 600  # seconds; dependencies come from PyPI (or pip's find-links), normally ~10 s
 RUN_TIMEOUT = 120
 
+pytestmark = pytest.mark.slow  # building the wheel and its environment (once, for the module) takes ~15 s
+
 IDENTIFY = {"type": "identify", "messageId": "wheel-m-1", "userId": "u-1", "traits": {"email": "ann@example.com"}}
 PRODUCT_VIEWED = {"type": "track", "event": "Product Viewed", "messageId": "wheel-m-2", "userId": "u-1",
                   "properties": {"product_id": "40", "url": "https://my-site.com/iphone", "name": "iPhone"}}

@@ -74,6 +74,7 @@ def test_run_consumes_and_delivers_through_the_sasl_listener(kafka_bootstrap: st
     assert kafka_sasl.password.reveal() not in output
 
 
+@pytest.mark.slow
 def test_run_with_a_wrong_password_exits_non_zero_saying_authentication_failed(
         kafka_bootstrap: str, kafka_sasl: SaslListener, make_topic: TopicFactory, sandbox: Sandbox) -> None:
     topic = make_topic(partitions=2)

@@ -15,16 +15,9 @@ from pipeline.kafka.watch import SUMMARY_INTERVAL, KafkaAccessError, KafkaWatch
 from pipeline.model import Scrubber, Secret
 from pipeline.telemetry.logs import JsonFormatter, RepeatFilter, TextFormatter, message_fields
 from pipeline.telemetry.probes import LIVENESS_BOUND, ProbeApp
+from tests.fakes import SimulatedClock
 
 TOKEN = "tok-3f9a"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _record(message: str, **extra: Any) -> logging.LogRecord:
@@ -51,7 +44,7 @@ def test_text_lines_show_coordinates_and_are_scrubbed() -> None:
 
 
 def test_a_repeating_kafka_line_passes_once_a_window_with_the_count_held_back() -> None:
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     repeat = RepeatFilter(window=60.0, clock=clock)
     passed = [repeat.filter(_record(f"Connect to ipv4#127.0.0.1:1 failed (after {n}ms)")) for n in range(25)]
     assert passed == [True] + [False] * 24
@@ -74,7 +67,7 @@ def kafka_log() -> Iterator[io.StringIO]:
 
 
 def test_an_unreachable_broker_is_said_once_then_summarised_then_its_end_is_said(kafka_log: io.StringIO) -> None:
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     watch = KafkaWatch("127.0.0.1:1", clock)
     refused = KafkaError(KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:1 failed: Connection refused")
     for _ in range(50):
@@ -124,7 +117,7 @@ def _call(app: ProbeApp, path: str) -> tuple[str, bytes]:
 
 
 def test_healthz_fails_only_when_the_loop_stopped_polling() -> None:
-    clock = Clock()
+    clock = SimulatedClock(1000.0)
     last_poll = [clock.now]
     app = ProbeApp(lambda: last_poll[0], lambda: [], clock)
     assert _call(app, "/healthz")[0] == "200 OK"

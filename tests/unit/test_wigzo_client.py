@@ -25,6 +25,7 @@ from pipeline.model import (
 from pipeline.wigzo.client import USER_AGENT, WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy, backoff_delay
 from pipeline.wigzo.transport import RequestsTransport, Response, TransportError
+from tests.fakes import SimulatedClock
 
 ORG, API = "org-SECRET-1", "api-SECRET-2"
 SETTINGS = Settings(wigzo_base_url="https://wigzo.test", wigzo_org_token=Secret(ORG),
@@ -52,16 +53,6 @@ class ScriptedTransport:
         if isinstance(step, TransportError):
             raise step
         return step
-
-
-class SimulatedClock:
-    """A monotonic clock that moves only when the code under test waits."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RecordingStop(threading.Event):

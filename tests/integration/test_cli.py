@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pipeline.cli import main as cli
 from pipeline.dev.samples import SampleStream
 from pipeline.dev.sandbox import SandboxControl, SandboxServer
-from tests.conftest import TopicFactory
+from tests.conftest import TopicFactory, wait_for
 from tests.integration.pipeline_harness import ORG_TOKEN, committed_offsets, produce
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_second_signal_exits_at_once_without_committing(kafka_bootstrap: str, ma
             time.sleep(0.1)
         assert control.attempts(), log.read_text()
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_for(lambda: "draining in-flight deliveries" in log.read_text(), 30, "the first signal to start the drain")
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         process.wait(timeout=10)

@@ -82,8 +82,11 @@ def test_a_killed_member_is_restarted_and_sigterm_drains_every_member(
     produce(kafka_bootstrap, topic, samples)
     group = f"workers-{uuid.uuid4().hex[:8]}"
     sandbox.control.set_faults(latency_ms=20)
+    # the killed member's partitions move once the broker gives up on it: after the broker's minimum session
+    # timeout (6 s) rather than librdkafka's default 45 s
     process = _start({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
-                      "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN, "METRICS_PORT": "0"})
+                      "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN, "METRICS_PORT": "0",
+                      "KAFKA_OPT_SESSION_TIMEOUT_MS": "6000", "KAFKA_OPT_HEARTBEAT_INTERVAL_MS": "1000"})
     try:
         wait_for(lambda: sandbox.control.count() >= 300, 60, "300 deliveries", interval=0.1)
         members = _members(process.pid)

@@ -14,9 +14,12 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180.0
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_smoke_benchmark_runs_every_contender_and_the_pipeline_delivers_everything(kafka_bootstrap: str,
