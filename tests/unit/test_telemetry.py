@@ -15,7 +15,7 @@ from pipeline.kafka.watch import SUMMARY_INTERVAL, KafkaAccessError, KafkaWatch
 from pipeline.model import Scrubber, Secret
 from pipeline.telemetry.logs import JsonFormatter, RepeatFilter, TextFormatter, message_fields
 from pipeline.telemetry.probes import LIVENESS_BOUND, ProbeApp
-from tests.fakes import SimulatedClock
+from tests.fakes.clock import SimulatedClock
 
 TOKEN = "tok-3f9a"
 

@@ -25,7 +25,7 @@ from pipeline.model import (
 from pipeline.wigzo.client import USER_AGENT, WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy, backoff_delay
 from pipeline.wigzo.transport import RequestsTransport, Response, TransportError
-from tests.fakes import SimulatedClock
+from tests.fakes.clock import SimulatedClock
 
 ORG, API = "org-SECRET-1", "api-SECRET-2"
 SETTINGS = Settings(wigzo_base_url="https://wigzo.test", wigzo_org_token=Secret(ORG),

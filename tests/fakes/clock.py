@@ -1,5 +1,4 @@
-"""Fakes shared by more than one test module: stand-ins that take no real time and touch no network. A fake
-used by one module stays in that module; it moves here when a second module needs it."""
+"""A clock for tests: it takes no real time."""
 
 from __future__ import annotations
 
