@@ -85,14 +85,14 @@ def produce_samples(config: Mapping[str, str], topic: str, samples: Iterable[Sam
     kinds: Counter[str] = Counter()
     failures: list[KafkaError] = []
 
-    def delivered(error: KafkaError | None, _message: Message) -> None:
+    def acknowledged(error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             failures.append(error)
 
     for sample in samples:
         while True:
             try:
-                producer.produce(topic, key=sample.key, value=sample.value, on_delivery=delivered)
+                producer.produce(topic, key=sample.key, value=sample.value, on_delivery=acknowledged)
                 break
             except BufferError:  # local queue full: let librdkafka drain some acknowledgements first
                 producer.poll(0.1)

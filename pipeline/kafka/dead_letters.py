@@ -183,7 +183,7 @@ class DeadLetterWriter(Generic[Ticket]):
             try:
                 producer.produce(letter.topic, value=letter.value, key=letter.key,
                                  headers=[*letter.headers, *letter.context], timestamp=letter.timestamp,
-                                 on_delivery=partial(self._delivered, letter))
+                                 on_delivery=partial(self._on_broker_answer, letter))
                 return
             except BufferError:  # local queue full: let librdkafka drain some acknowledgements first
                 producer.poll(0.1)
@@ -194,8 +194,9 @@ class DeadLetterWriter(Generic[Ticket]):
                 self._store_cut(letter)
                 return
 
-    def _delivered(self, letter: Letter, error: KafkaError | None, _message: object) -> None:
-        """Delivery callback: runs inside the producer's poll or flush."""
+    def _on_broker_answer(self, letter: Letter, error: KafkaError | None, _message: object) -> None:
+        """The producer's delivery report, run inside its poll or flush: acknowledged, refused as too large, or
+        failed."""
         if error is None:
             metrics.DLQ_WRITES.labels(letter.stage).inc()
             if letter.truncated:

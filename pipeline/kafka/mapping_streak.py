@@ -48,7 +48,7 @@ class MappingStreak(Generic[Held]):
 
     def mapped(self) -> list[Held]:
         """An event mapped: the streak is over, and whatever it held is to be dead-lettered now."""
-        self._streak.delivered()
+        self._streak.succeeded()
         held, self._held = self._held, []
         return held
 

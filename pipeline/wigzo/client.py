@@ -5,8 +5,8 @@ consumer's worker threads. A request's `RequestAttempts` (from `start`) is resum
 most one try and returns the final result (delivered, judged permanently unacceptable, out of its own retry
 budget while Wigzo serves others, or aborted because `stop` is set) or how long to wait before trying again, so
 a backoff or a Retry-After holds no thread (`pipeline.kafka.executor` re-runs the step on a timer). `deliver` is
-the blocking loop around it. Outages, rejected tokens and a broken configuration hold every event back (the consumer sees
-`accepting_work() == False` and pauses) instead of dead-lettering them. The rules live in
+the blocking loop around it. Outages, rejected tokens and a broken configuration hold every event back (the
+consumer sees `accepting_work() == False` and pauses) instead of dead-lettering them. The rules live in
 `pipeline.wigzo.policy`; this module is the locking around them, and the client's metrics.
 """
 

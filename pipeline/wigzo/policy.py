@@ -145,7 +145,7 @@ class FailureStreak(Generic[Kind]):
         self._threshold = threshold
         self._counts: dict[Kind, int] = {}
 
-    def delivered(self) -> None:
+    def succeeded(self) -> None:
         if self._counts:
             self._counts.clear()
 
@@ -230,7 +230,7 @@ class CircuitBreaker:
         if probe:
             self._probe_in_flight = False
         if verdict is Verdict.DELIVERED:
-            self.streak.delivered()
+            self.streak.succeeded()
         systemic = verdict is Verdict.PERMANENT and failure is not None and self.streak.failed(failure)
         if verdict is Verdict.DELIVERED or (verdict is Verdict.PERMANENT and not systemic):
             self.served += 1

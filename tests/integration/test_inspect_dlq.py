@@ -51,7 +51,8 @@ def letters(kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox) ->
     settings = dataclasses.replace(settings_for(kafka_bootstrap, topic, sandbox.url),
                                    wigzo_org_token=Secret(SANDBOX_ORG_TOKEN), wigzo_api_token=Secret(API_TOKEN))
     pipeline = live_pipeline(settings)
-    run_until(pipeline, settings, lambda: pipeline.status.stats.read >= len(samples) and pipeline.status.outstanding() == 0)
+    status = pipeline.status
+    run_until(pipeline, settings, lambda: status.stats.read >= len(samples) and status.outstanding() == 0)
     yield Letters(kafka_bootstrap, topic, read_all(kafka_bootstrap, settings.dlq_topic_for(topic)))
 
 

@@ -640,7 +640,8 @@ def test_the_kafka_probe_ends_an_outage_but_not_a_missing_topic(make_harness: Ca
     h.consumer.feed(Message(topic=TOPIC, error=KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")),
                     Message(topic=TOPIC, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "no topic events")))
     h.loops()
-    assert pipeline.status.readiness() == ["Kafka missing topic: no topic events"], "the metadata answer ended the outage"
+    assert pipeline.status.readiness() == ["Kafka missing topic: no topic events"], \
+        "the metadata answer ended the outage"
     h.stop()
 
 

@@ -83,12 +83,12 @@ class _Connection(asyncio.Protocol):
             self._busy = True
         elif delay:
             self._busy = True
-            self._waiting = asyncio.get_running_loop().call_later(delay, self._deliver, answer, request.keep_alive)
+            self._waiting = asyncio.get_running_loop().call_later(delay, self._write_answer, answer, request.keep_alive)
         else:
             self._send(answer, request.keep_alive)
             self._serve_next()
 
-    def _deliver(self, answer: Answer | str, keep_alive: bool) -> None:
+    def _write_answer(self, answer: Answer | str, keep_alive: bool) -> None:
         self._busy = False
         self._waiting = None
         self._send(answer, keep_alive)
