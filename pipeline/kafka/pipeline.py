@@ -57,7 +57,7 @@ class Pipeline:
         self._flow = flow
         self._ledger = PartitionLedger(flow.max_pending_per_partition, flow.systemic_threshold)
         self.watch = watch or KafkaWatch("Kafka", clock)  # librdkafka's error_cb reports here (runner)
-        self.status = Status(parts, self._ledger, assignment, self.watch)
+        self.status = Status(parts, self._ledger, assignment, self.watch, started=clock())
         self._settlement = Settlement(self._ledger, parts.dead_letters, self.watch, self.status.outcomes,
                                       self.status.stats, commit=commit, wall_clock=wall_clock)
         self._reader = reader

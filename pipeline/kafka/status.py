@@ -14,7 +14,8 @@ from pipeline.kafka.watch import KafkaWatch
 
 
 class Status:
-    def __init__(self, parts: Parts, ledger: PartitionLedger, assignment: Assignment, watch: KafkaWatch) -> None:
+    def __init__(self, parts: Parts, ledger: PartitionLedger, assignment: Assignment, watch: KafkaWatch,
+                 started: float) -> None:
         self._ledger = ledger
         self._assignment = assignment
         self._watch = watch
@@ -23,7 +24,7 @@ class Status:
         self.stats = RunStats()
         self.consumer: Consumer | None = None  # set when the loop starts
         self.joined = False
-        self.last_poll = 0.0  # monotonic time the loop last polled Kafka
+        self.last_poll = started  # monotonic time the loop last polled Kafka (liveness counts from the start)
 
     def outstanding(self) -> int:
         """Messages read whose commit position is not reached yet."""

@@ -719,3 +719,9 @@ def test_a_range_left_with_only_held_events_is_stuck_not_finished(
     assert dead_lettered(h) == [0, 1]
     assert h.consumer.last_commit(P0) == 2
     assert pipeline.status.stats.held == 4
+
+
+def test_liveness_counts_from_the_start_before_the_first_poll(make_harness: Callable[..., Harness]) -> None:
+    """Probes start before the loop's first poll: the member must not look stalled since the host booted."""
+    pipeline = make_harness().build(clock=lambda: 42.0)
+    assert pipeline.status.last_poll == 42.0
