@@ -36,7 +36,7 @@ from measure import ROOT, delivery_figures, medians, run_processes
 from workload import ORG_TOKEN, delete_topics, make_events, prepare_calls
 
 from pipeline.config import CONFIG_ENV, OPTIONS, load_settings
-from pipeline.dev.produce_sample import ensure_topic, produce_samples
+from pipeline.dev.produce_sample import prepare_topic, produce_samples
 from pipeline.dev.sandbox import SandboxControl
 
 BENCH = Path(__file__).resolve().parent
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"bench-{started:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         with sandbox_process(env) as (url, sandbox_pid):
-            ensure_topic(kafka, topic, args.partitions)
+            prepare_topic(kafka, topic, args.partitions)
             produce_samples(kafka, topic, events)
             with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as workdir:
                 bench = Bench(args, env, topic, url, sandbox_pid, expected, Path(workdir) / "calls.json",

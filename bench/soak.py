@@ -32,7 +32,7 @@ from pipeline_bench import announce, child_env, machine, sandbox_process, save
 from workload import ORG_TOKEN, delete_topics, make_events
 
 from pipeline.config import load_settings
-from pipeline.dev.produce_sample import ensure_topic, produce_samples
+from pipeline.dev.produce_sample import prepare_topic, produce_samples
 from pipeline.dev.samples import SampleMessage
 from pipeline.dev.sandbox import SandboxControl
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"soak-{started:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         with sandbox_process(env, "--latency-ms", str(args.latency_ms)) as (url, sandbox_pid):
-            ensure_topic(kafka, topic, args.partitions)
+            prepare_topic(kafka, topic, args.partitions)
             produced = produce(kafka, topic, args)
             print(f"produced {args.events:,} events ({produced['mean_event_bytes']:.0f} B mean) to {topic} in "
                   f"{produced['produce_s']:.1f} s, {produced['generate_s']:.1f} s of it generating them", flush=True)
