@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ClusterMetadata
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConsumerGroupDescription
 
 from pipeline.config import ConfigError, Settings, add_options, load_settings
 from pipeline.kafka.admin import (
@@ -160,13 +160,31 @@ def check_dead_letter_topic(probe: KafkaProbe, settings: Settings, metadata: Clu
     return passed("dead-letter topic", text)
 
 
+_COORDINATOR_BUSY = frozenset({KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                               KafkaError.NOT_COORDINATOR})
+
+
+def describe_group(admin: AdminClient, group: str) -> ConsumerGroupDescription:
+    """The group's description. A broker that has just started (or moved the group) answers "coordinator busy"
+    for a moment: ask again until KAFKA_TIMEOUT rather than fail a healthy setup."""
+    deadline = time.monotonic() + KAFKA_TIMEOUT
+    while True:
+        try:
+            return admin.describe_consumer_groups([group], request_timeout=KAFKA_TIMEOUT)[group].result(
+                timeout=RESULT_TIMEOUT)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if not (error.retriable() or error.code() in _COORDINATOR_BUSY) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def check_consumer_group(probe: KafkaProbe, settings: Settings, sources: dict[str, int]) -> Row:
     """The group's state and how far behind its committed offsets are; never having committed is fine."""
     group = settings.group_id
     offsets = BrokerOffsets(probe.config, group, KAFKA_TIMEOUT)
     try:
-        description = probe.admin.describe_consumer_groups(
-            [group], request_timeout=KAFKA_TIMEOUT)[group].result(timeout=RESULT_TIMEOUT)
+        description = describe_group(probe.admin, group)
         keys = [(topic, partition) for topic, count in sources.items() for partition in range(count)]
         committed = {key: offset for key, offset in offsets.committed(keys).items() if offset >= 0}
         ends = offsets.highs(committed)
@@ -174,8 +192,9 @@ def check_consumer_group(probe: KafkaProbe, settings: Settings, sources: dict[st
         error: KafkaError = exc.args[0]
         fix = (f"grant this principal DESCRIBE and READ on group {group}"
                if error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED else "check the broker's logs and retry")
-        return failed("consumer group", f"{group}: {error.str()}", f"Consumer group: cannot describe {group} "
-                                                                  f"({error.str()}) — {fix}")
+        said = f"{error.name()}: {error.str()}" if error.str().rstrip().endswith(":") else error.str()
+        return failed("consumer group", f"{group}: {said}", f"Consumer group: cannot describe {group} "
+                                                            f"({said}) — {fix}")
     except TimeoutError:
         return failed("consumer group", f"{group}: no answer within {KAFKA_TIMEOUT:g}s",
                       f"Consumer group: the broker did not describe {group} in time — check the broker's load "
