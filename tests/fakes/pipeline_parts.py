@@ -62,20 +62,6 @@ class Journal:
             return list(self._entries)
 
 
-def event_id(key: PartitionKey, offset: int) -> str:
-    return f"{key[1]}:{offset}"
-
-
-def message(key: PartitionKey, offset: int, action: str = "deliver", *, value: bytes | None = b"",
-            record_key: bytes | None = None) -> Message:
-    """A consumed message; by default a JSON event whose `action` tells the fake mapping what to decide.
-    Each message gets its own Kafka key, so deliveries run in parallel unless a test says otherwise."""
-    if value == b"":
-        value = orjson.dumps({"id": event_id(key, offset), "action": action})
-    return Message(topic=key[0], partition=key[1], offset=offset, key=record_key or f"user-{key[1]}-{offset}".encode(),
-                   value=value, headers=None, timestamp=(1, 1_700_000_000_000))
-
-
 class FakeConsumer:
     """Returns fed messages from partitions that are not paused; runs scheduled rebalance callbacks inside
     `consume`. It does not filter by assignment, so stragglers of revoked partitions still arrive."""
