@@ -251,12 +251,13 @@ def test_registry_schemas_the_decoder_cannot_use_are_rejected(
     assert isinstance(rejection, Rejection) and rejection.error_class == error_class
 
 
+def _registry_down(*args: Any, **kwargs: Any) -> None:
+    raise SchemaRegistryError(503, 50301, "unavailable")
+
+
 def test_registry_outage_raises_instead_of_dead_lettering(registry: SchemaRegistryClient,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(*args: Any, **kwargs: Any) -> None:
-        raise SchemaRegistryError(503, 50301, "unavailable")
-
-    monkeypatch.setattr(registry, "get_schema", fail)
+    monkeypatch.setattr(registry, "get_schema", _registry_down)
     clock = PatientClock()
     with pytest.raises(SchemaRegistryUnavailable, match="id 3"):
         _decoder(clock.patience(120.0), schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
@@ -304,10 +305,7 @@ def test_a_short_registry_outage_is_waited_out(registry: SchemaRegistryClient,
 
 def test_shutdown_ends_the_wait_for_the_registry(registry: SchemaRegistryClient,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(*args: Any, **kwargs: Any) -> None:
-        raise SchemaRegistryError(503, 50301, "unavailable")
-
-    monkeypatch.setattr(registry, "get_schema", fail)
+    monkeypatch.setattr(registry, "get_schema", _registry_down)
     clock = PatientClock()
     clock.stopped = True
     with pytest.raises(SchemaRegistryUnavailable):
