@@ -63,7 +63,6 @@ class Pipeline:
         self._reader = reader
         self._clock = clock
         self._wall_clock = wall_clock
-        self._consumer: Consumer | None = None
         self._failed = False
         self._last_commit = clock()
 
@@ -76,7 +75,7 @@ class Pipeline:
 
     def run(self, consumer: Consumer, stop_when: Callable[[], bool] | None = None) -> None:
         """Process messages until shutdown is requested or `stop_when` says so, then drain and commit."""
-        self._consumer = self.status.consumer = consumer
+        self.status.consumer = consumer
         try:
             self._assignment.start(consumer, self)
             while not self.shutting_down:
@@ -202,15 +201,16 @@ class Pipeline:
         for partition in partitions:
             partition.stop.set()  # no new attempts; requests on the wire complete or time out
         self._wait_for_workers(partitions)
-        if commit and not self._failed and self._consumer is not None:
+        consumer = self.status.consumer  # set before any partition arrives
+        if commit and not self._failed and consumer is not None:
             if not self._settlement.flush(timeout=DEAD_LETTER_PATIENCE):
                 raise PipelineError(f"dead letters were not acknowledged within {DEAD_LETTER_PATIENCE:.0f}s; "
                                     "not committing")
-            self._settlement.commit(self._consumer, keys)
+            self._settlement.commit(consumer, keys)
         # librdkafka keeps a partition's pause flag across unassign and assign: clear ours before letting go,
         # or a partition we get back later would stay paused with nobody to resume it
-        if self._consumer is not None and (paused := [p.key for p in partitions if p.paused]):
-            self._consumer.resume(_partitions(paused))
+        if consumer is not None and (paused := [p.key for p in partitions if p.paused]):
+            consumer.resume(_partitions(paused))
         self._ledger.release(keys)
         for key in keys:
             _forget_lag(key)

@@ -39,7 +39,7 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
     dead_letters = DeadLetterWriter(settings)
     dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
     shutdown = threading.Event()
-    policy = DeliveryPolicy(retry_statuses=settings.retry_statuses)
+    policy = DeliveryPolicy.from_settings(settings)
     parts = Parts(
         decoder=EventDecoder(settings, RegistryPatience(stop=shutdown)),
         decide=Chain.from_settings(settings).decide,

@@ -200,7 +200,7 @@ class WigzoClient:
         self._base_url = settings.wigzo_base_url.rstrip("/")
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._settings = settings
-        self._policy = policy or DeliveryPolicy(retry_statuses=settings.retry_statuses)
+        self._policy = policy or DeliveryPolicy.from_settings(settings)
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()

@@ -17,7 +17,8 @@ from datetime import timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-if TYPE_CHECKING:  # only the type: importing the transport would load the HTTP library
+if TYPE_CHECKING:  # only the types: importing the transport would load the HTTP library
+    from pipeline.config import Settings
     from pipeline.wigzo.transport import TransportError
 
 
@@ -59,6 +60,11 @@ class DeliveryPolicy:
     """A request unanswered for this long (Wigzo hangs) stops counting against the concurrency limit, so
     requests hanging until their read timeout cannot hold delivery at zero once Wigzo answers again."""
     gate_poll: float = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        """The policy delivery runs with: the defaults above, and the user's retry statuses."""
+        return cls(retry_statuses=settings.retry_statuses)
 
     def classify_status(self, status: int) -> Verdict:
         if 200 <= status < 300:

@@ -12,7 +12,7 @@ from pipeline.kafka.executor import OrderedExecutor
 from pipeline.model import Wait
 from pipeline.wigzo.policy import DeliveryPolicy
 
-STALL_AFTER = DeliveryPolicy(retry_statuses=Settings().retry_statuses).stall_after
+STALL_AFTER = DeliveryPolicy.from_settings(Settings()).stall_after
 
 
 def test_same_key_keeps_order_and_different_keys_run_in_parallel() -> None:

@@ -29,7 +29,7 @@ from pipeline.wigzo.policy import (
 )
 from pipeline.wigzo.transport import TransportError
 
-POLICY = DeliveryPolicy(retry_statuses=Settings().retry_statuses)  # as delivery builds it from default settings
+POLICY = DeliveryPolicy.from_settings(Settings())  # as delivery builds it from default settings
 
 
 @pytest.mark.parametrize("status, verdict", [

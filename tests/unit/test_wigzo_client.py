@@ -30,7 +30,7 @@ from tests.fakes.clock import SimulatedClock
 ORG, API = "org-SECRET-1", "api-SECRET-2"
 SETTINGS = Settings(wigzo_base_url="https://wigzo.test", wigzo_org_token=Secret(ORG),
                     wigzo_api_token=Secret(API), max_in_flight=48, connect_timeout=3.0, read_timeout=7.0)
-POLICY = DeliveryPolicy(retry_statuses=SETTINGS.retry_statuses)  # as the client builds it from SETTINGS
+POLICY = DeliveryPolicy.from_settings(SETTINGS)  # as the client builds it from SETTINGS
 REQUEST = WigzoRequest("POST", "/rest/v1/learn/event", (("token", API), ("org_token", ORG)),
                        {"eventName": "x"}, (("Idempotency-Key", "msg-1"),))
 
