@@ -219,7 +219,14 @@ class Settings:
         help="seconds an event may keep retrying before it is dead-lettered (same condition)")
     max_pending_per_partition: int = setting(
         1000, env="MAX_PENDING_PER_PARTITION", flag="--max-pending-per-partition", parse=_positive_int,
-        help="messages read but not yet committed per partition before it is paused")
+        help="unfinished messages per partition before it is paused (one user's count up to a tenth of it)")
+    memory_budget_mb: int = setting(
+        256, env="MEMORY_BUDGET_MB", flag="--memory-budget-mb", parse=_positive_int,
+        help="MiB of memory per member: a quarter for librdkafka's prefetch, a quarter for messages read and not "
+             "committed yet, the rest for the process itself (see docs/operations.md, sizing)")
+    kafka_stall_seconds: float = setting(
+        15.0, env="KAFKA_STALL_SECONDS", flag="--kafka-stall-seconds", parse=_positive_float,
+        help="seconds a broker may leave our requests unanswered before the member reports it and is unready")
     systemic_failure_threshold: int = setting(
         10, env="WIGZO_SYSTEMIC_FAILURE_THRESHOLD", flag="--systemic-failure-threshold", parse=_positive_int,
         help="distinct events failing the same way in a row (Wigzo's answer, or the mapping's rejection), with no "
@@ -254,6 +261,18 @@ class Settings:
                 "wigzo_org_token_file in the config file) with the Organization Token from Wigzo under "
                 "Settings > Integration"
             )
+
+    def consumer_prefetch(self) -> dict[str, int]:
+        """librdkafka's prefetch, a quarter of the memory budget: half queued, half for one fetch in flight
+        (fetch.max.bytes). The user's own [kafka] settings win (consumer_config puts them after these)."""
+        half_quarter = self.memory_budget_mb * 1024 * 1024 // 8
+        fetch = min(half_quarter, 64 * 1024 * 1024)  # under librdkafka's receive.message.max.bytes (100 MB)
+        return {"queued.max.messages.kbytes": half_quarter // 1024, "fetch.max.bytes": fetch,
+                "max.partition.fetch.bytes": min(1024 * 1024, fetch)}
+
+    def pending_window_bytes(self) -> int:
+        """Memory for messages read and not committed yet: a quarter of the budget."""
+        return self.memory_budget_mb * 1024 * 1024 // 4
 
     def kafka_client_config(self) -> dict[str, str]:
         """Settings shared by every librdkafka client, credentials revealed (for librdkafka only); user

@@ -8,7 +8,7 @@ route every message to exactly one `Outcome` without try/except around the hot p
 - `Outcome`: delivered, skipped (with a reason) or dead-lettered (with its stage), nothing else.
 
 Errors a user can act on are `PipelineError`s; the CLI prints their message and exits 2. Its subclasses:
-`ConfigError` (pipeline.config), `SchemaRegistryUnavailable` (pipeline.contract.decoder),
+`ConfigError` (pipeline.config), `SchemaRegistryUnavailable` (pipeline.contract.registry),
 `DeadLetterWriteError` (pipeline.kafka.dead_letters), `KafkaUnreachable`, `TopicNotFound` and `TopicCreateError`
 (pipeline.kafka.admin), `LocalKafkaError` and `SandboxError` (pipeline.dev).
 

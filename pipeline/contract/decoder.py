@@ -2,9 +2,10 @@
 
 Every input format (Confluent-framed Avro, plain Avro, Segment's own JSON) ends in the same plain
 JSON-like dict, checked against the Avro schemas in ``schemas/``. Bad input never raises: it becomes a
-Rejection the consumer can dead-letter. The single exception is SchemaRegistryUnavailable, because an
-unreachable registry is not the message's fault and dead-lettering would lose good events: the decoder waits
-a registry outage out (`RegistryPatience`) and raises only once its patience is spent.
+Rejection the consumer can dead-letter. A Confluent-framed message whose schema id is not known yet is
+neither: `decode` says which id it needs (`SchemaNeeded`) and never waits; the consume loop has the id
+resolved off its thread (`pipeline.contract.registry`) and decodes the message again, because an unreachable
+registry is not the message's fault and dead-lettering would lose good events.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import io
 import logging
 import math
 import re
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fastavro
 import orjson
@@ -31,7 +30,8 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 
 from pipeline.config import ConfigError, Settings
-from pipeline.model import PipelineError, Rejection
+from pipeline.contract.registry import SchemaRegistryUnavailable
+from pipeline.model import Rejection
 
 # package data (a link to the top-level schemas/ in a checkout), so every kind of install finds it
 SCHEMAS_DIR = Path(str(resources.files("pipeline.contract") / "schemas"))
@@ -62,33 +62,11 @@ _AVRO_PRIMITIVES: dict[str, tuple[tuple[type, ...], str]] = {
 log = logging.getLogger(__name__)
 
 
-class SchemaRegistryUnavailable(PipelineError):
-    """The registry could not answer for longer than the decoder's patience: halt without committing rather than
-    dead-letter good events."""
+@dataclass(frozen=True, slots=True)
+class SchemaNeeded:
+    """The message's schema id is not cached yet: resolve it (`EventDecoder.resolve`), then decode again."""
 
-
-@dataclass
-class RegistryPatience:
-    """How long a registry outage is waited out, with backoff, before decoding gives up; `stop` (set on shutdown)
-    ends the wait at once. The default stays well under max.poll.interval.ms (300 s), so the group keeps the
-    member meanwhile."""
-
-    seconds: float = 120.0
-    clock: Callable[[], float] = time.monotonic
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def ask(self, question: Callable[[], Any]) -> Any:
-        """`question`'s answer, asked again while it raises SchemaRegistryUnavailable, until patience runs out."""
-        delay, deadline = 1.0, self.clock() + self.seconds
-        while True:
-            try:
-                return question()
-            except SchemaRegistryUnavailable as exc:
-                if self.clock() + delay > deadline or self.stop.is_set():
-                    raise
-                log.warning("%s; retrying in %.0fs", exc, delay)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+    schema_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +203,8 @@ def _read_plan(writer: Any, contract: _Contract) -> _ReadPlan | Rejection:
 class EventDecoder:
     """Per-topic decoding of Kafka values into Segment events; build once, call decode per message."""
 
-    def __init__(self, settings: Settings, patience: RegistryPatience | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._contract = _contract()
-        self._patience = patience or RegistryPatience()
         self._max_bytes = settings.max_event_bytes
         self._formats = dict(settings.input_formats)
         self._default_format = self._formats.pop("*", "auto")
@@ -238,6 +215,10 @@ class EventDecoder:
                               "is not set: point it at the producers' .avsc (e.g. schemas/event.avsc)")
         self._registry = (SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
                           if settings.schema_registry_url else None)
+        # where the registry is, for messages about it: scheme, host and port, never credentials in the URL
+        address = urlsplit(settings.schema_registry_url)
+        self.registry_address = f"{address.scheme}://{address.hostname}" + (f":{address.port}" if address.port
+                                                                             else "")
         self._plans: dict[int, _ReadPlan | Rejection] = {}
         if self._registry is None:
             for schema_id, schema in self._contract.local_ids.items():
@@ -254,8 +235,8 @@ class EventDecoder:
             raise ConfigError(f"AVRO_WRITER_SCHEMA={path!r} cannot be used: {plan.message}")
         return plan
 
-    def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection:
-        """Never raises for bad input; raises SchemaRegistryUnavailable only when the registry is down."""
+    def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection | SchemaNeeded:
+        """Never raises and never waits: bad input is a Rejection, an uncached schema id a SchemaNeeded."""
         if value is None:
             return Rejection("decode", "TombstoneMessage", "message value is null (a tombstone), not an event",
                              expected="a Segment event", found="null value")
@@ -285,6 +266,16 @@ class EventDecoder:
             return "json"
         return "avro" if self._plain_plan is not None else None
 
+    def decode_resolving(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection:
+        """`decode`, asking the registry inline for an id it needs: for one-off decoding (`transform`), never the
+        consume loop. Raises SchemaRegistryUnavailable when the registry cannot answer."""
+        event = self.decode(topic, value)
+        if isinstance(event, SchemaNeeded):
+            self.resolve(event.schema_id)
+            event = self.decode(topic, value)
+        assert not isinstance(event, SchemaNeeded), "resolve caches every id it answers"
+        return event
+
     def _decode_json(self, value: bytes) -> dict[str, Any] | Rejection:
         try:
             raw = orjson.loads(value)
@@ -302,7 +293,7 @@ class EventDecoder:
         nested = value.count(b"{") + value.count(b"[") > MAX_JSON_DEPTH
         return _check_semantics(event, self._contract.calls[event["type"]], nested)
 
-    def _decode_confluent(self, value: bytes) -> dict[str, Any] | Rejection:
+    def _decode_confluent(self, value: bytes) -> dict[str, Any] | Rejection | SchemaNeeded:
         if value[0] != 0:
             return Rejection("decode", "WrongMagicByte", "message does not start with the Confluent magic byte",
                              expected="0x00", found=f"0x{value[0]:02x}")
@@ -310,7 +301,11 @@ class EventDecoder:
             return Rejection("decode", "TruncatedHeader", "message is shorter than the Confluent header",
                              expected="0x00 + 4-byte schema id + Avro body", found=f"{len(value)} bytes")
         schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER], "big")
-        plan = self._plans.get(schema_id) or self._patience.ask(lambda: self._fetch_plan(schema_id))
+        plan = self._plans.get(schema_id)
+        if plan is None:
+            if self._registry is None:
+                return _unknown_local_id(schema_id, self._plans)
+            return SchemaNeeded(schema_id)
         if type(plan) is Rejection:
             return plan
         return self._read_avro(value, _CONFLUENT_HEADER, plan)
@@ -319,17 +314,19 @@ class EventDecoder:
         assert self._plain_plan is not None  # __init__ refuses plain-Avro topics without a writer schema
         return self._read_avro(value, 0, self._plain_plan)
 
-    def _fetch_plan(self, schema_id: int) -> _ReadPlan | Rejection:
-        if self._registry is None:
-            return Rejection("decode", "UnknownSchemaId", "schema id is not in schemas/registry.json "
-                             "(set SCHEMA_REGISTRY_URL to resolve ids from a registry)",
-                             expected=f"one of {sorted(self._plans)}", found=str(schema_id))
+    def resolve(self, schema_id: int) -> None:
+        """Ask the registry for a schema id and cache the answer (a read plan, or the Rejection every message with
+        that id gets). Safe on another thread than `decode`'s: each id is written once, and ids are immutable in
+        a registry, so the answer is too. Raises SchemaRegistryUnavailable when the registry cannot answer."""
+        assert self._registry is not None, "only a decoder with a registry returns SchemaNeeded"
         try:
             registered = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
-                return Rejection("decode", "UnknownSchemaId", "schema id is not registered in the schema registry",
-                                 expected="a registered schema id", found=str(schema_id))
+                self._plans[schema_id] = Rejection(
+                    "decode", "UnknownSchemaId", "schema id is not registered in the schema registry",
+                    expected="a registered schema id", found=str(schema_id))
+                return
             raise SchemaRegistryUnavailable(f"schema registry failed to resolve id {schema_id}: {exc}") from exc
         except Exception as exc:  # transport failures surface as httpx/OS errors of many kinds
             raise SchemaRegistryUnavailable(f"schema registry is unreachable resolving id {schema_id}: {exc}") from exc
@@ -343,8 +340,7 @@ class EventDecoder:
             except Exception as exc:  # a registry can hold schemas fastavro cannot parse (e.g. with references)
                 plan = Rejection("decode", "InvalidWriterSchema", "registered schema cannot be parsed",
                                  expected="a self-contained Avro schema", found=_truncate(f"id {schema_id}: {exc}"))
-        self._plans[schema_id] = plan  # ids are immutable in a registry, so the answer is too
-        return plan
+        self._plans[schema_id] = plan
 
     def _read_avro(self, value: bytes, offset: int, plan: _ReadPlan) -> dict[str, Any] | Rejection:
         stream = io.BytesIO(value)
@@ -361,6 +357,12 @@ class EventDecoder:
             return Rejection("decode", "TrailingBytes", "bytes left over after the Avro record",
                              expected=f"{stream.tell()} bytes", found=f"{len(value)} bytes")
         return _conform_avro(record, self._contract)
+
+
+def _unknown_local_id(schema_id: int, known: dict[int, Any]) -> Rejection:
+    return Rejection("decode", "UnknownSchemaId", "schema id is not in schemas/registry.json "
+                     "(set SCHEMA_REGISTRY_URL to resolve ids from a registry)",
+                     expected=f"one of {sorted(known)}", found=str(schema_id))
 
 
 def _check_json_event(raw: dict[str, Any], contract: _Contract) -> dict[str, Any] | Rejection:

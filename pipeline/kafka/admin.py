@@ -9,6 +9,7 @@ one meaning and each question one rule, whoever asks.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -230,12 +231,16 @@ def partition_lag(positions: Mapping[PartitionKey, int], highs: Mapping[Partitio
             if offset >= 0 and highs.get(key, -1) >= 0}
 
 
-def fetched_lag(consumer: Consumer, keys: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
+def fetched_lag(consumer: Consumer, keys: Iterable[PartitionKey],
+                asked: Mapping[PartitionKey, int] | None = None) -> dict[PartitionKey, int]:
     """`partition_lag` of a consumer's positions against the high watermarks of its last fetches: free, no broker
-    round trip, but a paused partition's watermark stays where its last fetch left it (BrokerOffsets.lag asks)."""
+    round trip, but a paused partition's watermark stays where its last fetch left it, so `asked` (LatestHighs)
+    gives newer ones where known."""
     positions = {(tp.topic, tp.partition): tp.offset
                  for tp in consumer.position([TopicPartition(topic, partition) for topic, partition in keys])}
-    highs = {key: consumer.get_watermark_offsets(TopicPartition(*key), cached=True)[1] for key in positions}
+    asked = asked or {}
+    highs = {key: max(consumer.get_watermark_offsets(TopicPartition(*key), cached=True)[1], asked.get(key, -1))
+             for key in positions}
     return partition_lag(positions, highs)
 
 
@@ -270,6 +275,13 @@ class BrokerOffsets:
         """High watermarks as the broker tells them now, not as of the consumer's last fetch."""
         return self.ends(keys, OffsetSpec.latest())
 
+    def ask_highs(self, keys: Iterable[PartitionKey]) -> dict[TopicPartition, Future[Any]]:
+        """`highs` without waiting: a future per partition, each answered on the admin client's own thread."""
+        request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in keys}
+        if not request:
+            return {}
+        return self._admin.list_offsets(request, isolation_level=self._isolation, request_timeout=self._timeout)
+
     def watermarks(self, keys: Iterable[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
         """(low, high) per partition."""
         keys = list(keys)
@@ -297,6 +309,25 @@ class BrokerOffsets:
         leaves librdkafka's cached watermark behind, still reports its true lag. Raises KafkaException when the
         broker does not answer within the timeout."""
         return partition_lag(positions, self.highs(key for key, offset in positions.items() if offset >= 0))
+
+
+class LatestHighs:
+    """High watermarks of partitions the consumer does not fetch (paused ones), asked in the background: each
+    `ask` takes in the previous request's answers if it is done and starts the next, so the consume loop never
+    waits for the broker, and a hung broker only leaves the known watermarks as they were."""
+
+    def __init__(self, offsets: BrokerOffsets) -> None:
+        self._offsets = offsets
+        self._asked: dict[TopicPartition, Future[Any]] = {}
+        self.known: dict[PartitionKey, int] = {}
+
+    def ask(self, keys: Iterable[PartitionKey]) -> None:
+        if any(not future.done() for future in self._asked.values()):
+            return
+        for tp, future in self._asked.items():
+            if future.exception() is None:
+                self.known[(tp.topic, tp.partition)] = future.result().offset
+        self._asked = self._offsets.ask_highs(keys)
 
 
 def caught_up(consumer: Consumer, keys: list[PartitionKey], offsets: BrokerOffsets) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from queue import Empty, SimpleQueue
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.kafka.ledger import PartitionKey, PartitionLedger, Pending
 from pipeline.kafka.parts import DeadLetterSink
@@ -70,8 +70,8 @@ class RunStats:
     read: int = 0
     aborted: int = 0  # stopped before an outcome was known: uncommitted, redone by the next owner
     duplicate_risk: int = 0  # delivered after its partition was released: the next owner may send it again
-    held: int = 0  # held by a mapping streak when their partition was released: uncommitted, read again
-    held_because: str = ""  # the streak's reason, as it was then
+    held: int = 0  # held (a mapping streak, the registry) when their partition was released: uncommitted, read again
+    held_because: str = ""  # why they were held, as it was then
 
 
 class Settlement:
@@ -87,12 +87,13 @@ class Settlement:
         self._stats = stats
         self._commit_enabled = commit
         self._wall_clock = wall_clock
+        self._commits_failing = False
         self.results: SimpleQueue[tuple[Pending, DeliveryResult]] = SimpleQueue()  # from the worker threads
 
     def finish(self, pending: Pending, outcome: Outcome, detail: str = "") -> None:
         self._outcomes.record(outcome, detail)
         metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
-        pending.partition.finish(pending.offset)
+        pending.partition.finish(pending)
 
     def dead_letter(self, pending: Pending, letter: DeadLetter) -> None:
         """Finished once the dead-letter topic acknowledged it (a later `settle`)."""
@@ -109,7 +110,7 @@ class Settlement:
                 pending, result = self.results.get_nowait()
             except Empty:
                 break
-            pending.partition.in_executor -= 1
+            pending.partition.returned(pending, self._ledger.key_share)
             if isinstance(result, Delivered):
                 if pending.partition.released:
                     self._stats.duplicate_risk += 1
@@ -126,19 +127,49 @@ class Settlement:
         if self._dead_letters.failure is not None:
             raise self._dead_letters.failure
 
-    def commit(self, consumer: Consumer, keys: Iterable[PartitionKey]) -> None:
-        """Commit each partition's position where it moved; a failed commit is retried with the next one."""
+    def commit(self, consumer: Consumer, keys: Iterable[PartitionKey], *, wait: bool = False) -> None:
+        """Commit each partition's position where it moved. Asynchronous, so a hung broker cannot hold the loop:
+        the broker's answer comes back through `commit_answered` (librdkafka's on_commit, served inside
+        `consume`). `wait` commits synchronously, for a release: the partition is about to go. A failed commit
+        is retried with the next one."""
         if not self._commit_enabled:
             return
         self.raise_if_dead_letters_fail()
         if not (due := self._ledger.due(keys)):
             return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in due.items()]
+        if not wait:
+            self._ledger.committing(due)
+            consumer.commit(offsets=offsets, asynchronous=True)
+            return
         try:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in due.items()], asynchronous=False)
+            consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            log.warning("commit failed (%s); will retry with the next commit", exc.args[0].str())
+            self._commit_failed(exc.args[0])
             return
         self._ledger.committed(due)
+        self._commit_succeeded()
+
+    def commit_answered(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's on_commit callback: which positions the broker took."""
+        failed = error
+        for tp in partitions:
+            failed = failed or tp.error
+            self._ledger.commit_answered((tp.topic, tp.partition), tp.offset, ok=error is None and tp.error is None)
+        if failed is None:
+            self._commit_succeeded()
+        else:
+            self._commit_failed(failed)
+
+    def _commit_failed(self, error: KafkaError) -> None:
+        if not self._commits_failing:
+            self._commits_failing = True
+            log.warning("commit failed (%s); retrying with the next commit", error.str())
+
+    def _commit_succeeded(self) -> None:
+        if self._commits_failing:
+            self._commits_failing = False
+            log.info("commits succeed again")
         self._watch.reached()
 
     def flush(self, timeout: float) -> bool:

@@ -10,6 +10,11 @@ Every message goes through the README's five steps, one module each:
 Only this thread touches offsets, commits and the dead-letter producer, so none of that needs locks. A message
 is finished when its outcome is durable: delivered (2xx), skipped on purpose, or acknowledged by the dead-letter
 topic. What others may read about the run is `status` (`status.py`).
+
+Nothing in the loop waits for anyone outside the process: commits are asynchronous, schema ids are resolved on
+a thread of their own (a message that needs one waits, the others go on), and lag is asked in the background.
+A message waiting for its schema id may be overtaken by a later event of the same user that needed none
+(a JSON event): per-user order holds among events of one format.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from pipeline.kafka.admin import fetched_lag
+from pipeline.contract.decoder import SchemaNeeded
+from pipeline.kafka.admin import LatestHighs, fetched_lag
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.executor import EventSend, ordering_key
 from pipeline.kafka.ledger import Partition, PartitionKey, PartitionLedger, Pending, describe
@@ -50,14 +56,16 @@ class Pipeline:
 
     def __init__(self, parts: Parts, assignment: Assignment, flow: Flow, *,
                  reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True,
-                 watch: KafkaWatch | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 watch: KafkaWatch | None = None, highs: LatestHighs | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self._parts = parts
         self._assignment = assignment
         self._flow = flow
-        self._ledger = PartitionLedger(flow.max_pending_per_partition, flow.systemic_threshold)
+        self._highs = highs  # watermarks of paused partitions, for a lag gauge that stays true while paused
+        self._ledger = PartitionLedger(flow.max_pending_per_partition, flow.window_bytes, flow.systemic_threshold)
         self.watch = watch or KafkaWatch("Kafka", clock)  # librdkafka's error_cb reports here (runner)
-        self.status = Status(parts, self._ledger, assignment, self.watch, started=clock())
+        self.status = Status(parts, self._ledger, assignment, self.watch, started=clock(),
+                             registry_patience=flow.registry_patience)
         self._settlement = Settlement(self._ledger, parts.dead_letters, self.watch, self.status.outcomes,
                                       self.status.stats, commit=commit, wall_clock=wall_clock)
         self._reader = reader
@@ -65,6 +73,10 @@ class Pipeline:
         self._wall_clock = wall_clock
         self._failed = False
         self._last_commit = clock()
+
+    def commit_answered(self, error: Any, partitions: list[TopicPartition]) -> None:
+        """librdkafka's on_commit callback (served inside `consume`, on this thread)."""
+        self._settlement.commit_answered(error, partitions)
 
     def request_shutdown(self) -> None:
         self._parts.shutdown.set()
@@ -85,13 +97,16 @@ class Pipeline:
                 now = self.status.last_poll = self._clock()
                 for message in messages:
                     self._read(message)
+                self._decode_resolved()
                 self.watch.raise_if_fatal()
                 self._settlement.settle()
                 if now - self._last_commit >= COMMIT_INTERVAL:
                     self._last_commit = now
-                    self._settlement.commit(consumer, self._ledger.keys())
-                    _report_lag(consumer, self._ledger.keys())
+                    keys = self._ledger.keys()
+                    self._settlement.commit(consumer, keys)
+                    self._report(consumer, keys)
                     self.watch.check_in(consumer)
+                    self.watch.check_silence(working=bool(keys))
                 if stop_when is not None and stop_when():
                     break
             self._release(self._ledger.keys(), commit=True)
@@ -140,9 +155,14 @@ class Pipeline:
     # ---- 2. decode, 3. decide -------------------------------------------------------------------
 
     def _process(self, pending: Pending) -> None:
-        """Route one record to exactly one outcome (possibly later, for deliveries and dead letters)."""
+        """Route one record to exactly one outcome (possibly later, for deliveries, dead letters and messages
+        whose schema id is being resolved)."""
         record, settlement = pending.record, self._settlement
         event = self._parts.decoder.decode(record.topic() or "", record.value())
+        if isinstance(event, SchemaNeeded):
+            self._ledger.await_schema(event.schema_id, pending)
+            self._parts.schemas.want(event.schema_id)
+            return
         if isinstance(event, Rejection):
             settlement.dead_letter(pending, settlement.first_failure(event))
             return
@@ -163,12 +183,20 @@ class Pipeline:
         else:
             self._send(pending, event, decision)
 
+    def _decode_resolved(self) -> None:
+        """Decode the messages whose schema ids were resolved since the last pass, in the order they were read."""
+        for schema_id in self._parts.schemas.resolved():
+            for pending in self._ledger.schema_arrived(schema_id):
+                self._process(pending)
+
     # ---- 4. deliver (5. outcome and commit: pipeline.kafka.outcomes) ----------------------------
 
     def _send(self, pending: Pending, event: dict[str, Any], decision: Deliver) -> None:
         record, partition = pending.record, pending.partition
-        partition.in_executor += 1
-        self._parts.executor.submit(ordering_key(self._flow.ordering, record, event), EventSend(
+        key = ordering_key(self._flow.ordering, record, event)
+        # a user's share of the window (ledger); a partition's own key ("partition" ordering) has no one to share with
+        partition.sent(pending, key if self._flow.ordering == "key" else None, self._ledger.key_share)
+        self._parts.executor.submit(key, EventSend(
             pending, (record.topic() or "", record.partition(), record.offset()), decision.requests,
             event.get("timestamp"), self._parts.client, partition.stop, self._settlement.results,
             self._wall_clock))
@@ -193,6 +221,9 @@ class Pipeline:
         free of duplicates. While Wigzo is down there is nothing to drain: stop at once."""
         partitions = [p for key in keys if (p := self._ledger.get(key)) is not None]
         held, because = self._ledger.let_go_held(keys)
+        if awaiting := self._ledger.let_go_awaiting_schema(keys):
+            held += awaiting
+            because = self._parts.schemas.problem() or "they waited for the schema registry"
         if held:
             self.status.stats.held += held
             self.status.stats.held_because = because
@@ -206,7 +237,7 @@ class Pipeline:
             if not self._settlement.flush(timeout=DEAD_LETTER_PATIENCE):
                 raise PipelineError(f"dead letters were not acknowledged within {DEAD_LETTER_PATIENCE:.0f}s; "
                                     "not committing")
-            self._settlement.commit(consumer, keys)
+            self._settlement.commit(consumer, keys, wait=True)
         # librdkafka keeps a partition's pause flag across unassign and assign: clear ours before letting go,
         # or a partition we get back later would stay paused with nobody to resume it
         if consumer is not None and (paused := [p.key for p in partitions if p.paused]):
@@ -214,6 +245,19 @@ class Pipeline:
         self._ledger.release(keys)
         for key in keys:
             _forget_lag(key)
+
+    def _report(self, consumer: Consumer, keys: list[PartitionKey]) -> None:
+        """The gauges of what this member holds: lag (paused partitions' watermarks asked in the background,
+        since they are not fetched), memory held, the longest per-user queue, messages awaiting the registry."""
+        if keys:
+            if self._highs is not None:
+                self._highs.ask([key for key in keys if (p := self._ledger.get(key)) is not None and p.paused])
+            known = self._highs.known if self._highs is not None else None
+            for (topic, partition), lag in fetched_lag(consumer, keys, known).items():
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        metrics.PENDING_BYTES.set(self._ledger.memory())
+        metrics.KEY_QUEUE_MAX.set(self._ledger.longest_queue())
+        metrics.AWAITING_SCHEMA.set(self._ledger.awaiting_schema())
 
     def _wait_for_workers(self, partitions: list[Partition]) -> None:
         deadline = self._clock() + self._flow.drain_bound
@@ -230,11 +274,6 @@ def _about(record: Message, event: dict[str, Any]) -> dict[str, Any]:
                           message_id if isinstance(message_id, str) else None)
 
 
-def _report_lag(consumer: Consumer, keys: list[PartitionKey]) -> None:
-    """Messages behind each assigned partition's high watermark (as of the last fetch)."""
-    if keys:
-        for (topic, partition), lag in fetched_lag(consumer, keys).items():
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
 
 def _forget_lag(key: PartitionKey) -> None:

@@ -17,7 +17,9 @@ from typing import Any
 from confluent_kafka import Consumer, Message
 
 from pipeline.config import Settings
-from pipeline.contract.decoder import EventDecoder, RegistryPatience
+from pipeline.contract.decoder import EventDecoder
+from pipeline.contract.registry import SchemaLookups
+from pipeline.kafka.admin import BrokerOffsets, LatestHighs
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.dead_letters import DeadLetterWriter
 from pipeline.kafka.executor import OrderedExecutor
@@ -32,6 +34,8 @@ from pipeline.wigzo.policy import DeliveryPolicy
 
 log = logging.getLogger(__name__)
 
+STATISTICS_INTERVAL_MS = 1000  # how often librdkafka's statistics tell the watch when each broker last answered
+
 
 def build_pipeline(settings: Settings, assignment: Assignment, *,
                    reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True) -> Pipeline:
@@ -40,25 +44,35 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
     dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
     shutdown = threading.Event()
     policy = DeliveryPolicy.from_settings(settings)
+    decoder = EventDecoder(settings)
     parts = Parts(
-        decoder=EventDecoder(settings, RegistryPatience(stop=shutdown)),
+        decoder=decoder,
+        schemas=SchemaLookups(decoder.resolve, decoder.registry_address, stop=shutdown),
         decide=Chain.from_settings(settings).decide,
         client=WigzoClient(settings, policy=policy),
         dead_letters=dead_letters,
         executor=OrderedExecutor(settings.max_in_flight, policy.stall_after),
         shutdown=shutdown,
     )
+    highs = LatestHighs(BrokerOffsets({**settings.kafka_client_config(), "logger": KAFKA_LOGGER}, settings.group_id))
     return Pipeline(parts, assignment, Flow.from_settings(settings), reader=reader, commit=commit,
-                    watch=KafkaWatch(settings.bootstrap_servers))
+                    watch=KafkaWatch(settings.bootstrap_servers, stall_after=settings.kafka_stall_seconds),
+                    highs=highs)
 
 
-def consumer_config(settings: Settings, watch: KafkaWatch, group_id: str | None = None) -> dict[str, Any]:
+def consumer_config(settings: Settings, pipeline: Pipeline, group_id: str | None = None) -> dict[str, Any]:
+    """The pipeline's callbacks (errors, statistics for hung brokers, commit answers), the prefetch sized from
+    the memory budget, then the user's settings, then what correctness needs."""
     return {
         "group.id": group_id or settings.group_id,
-        "error_cb": watch.on_error,
+        "error_cb": pipeline.watch.on_error,
+        "stats_cb": pipeline.watch.on_stats,
+        "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+        "on_commit": pipeline.commit_answered,
         "logger": KAFKA_LOGGER,
         "auto.offset.reset": settings.auto_offset_reset,
         "client.id": "segment-wigzo",
+        **settings.consumer_prefetch(),
         **settings.kafka_client_config(),
         # correctness depends on these, so the pass-through cannot override them
         "enable.auto.commit": False,
@@ -70,7 +84,7 @@ def consumer_config(settings: Settings, watch: KafkaWatch, group_id: str | None 
 def run_pipeline(pipeline: Pipeline, settings: Settings, *, group_id: str | None = None,
                  stop_when: Callable[[], bool] | None = None) -> Pipeline:
     """Run until shutdown (a signal), `stop_when`, or an error; the consumer is closed in every case."""
-    consumer = Consumer(consumer_config(settings, pipeline.watch, group_id))
+    consumer = Consumer(consumer_config(settings, pipeline, group_id))
     try:
         with _signals_drain(pipeline):
             pipeline.run(consumer, stop_when=stop_when)

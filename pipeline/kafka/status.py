@@ -15,8 +15,9 @@ from pipeline.kafka.watch import KafkaWatch
 
 class Status:
     def __init__(self, parts: Parts, ledger: PartitionLedger, assignment: Assignment, watch: KafkaWatch,
-                 started: float) -> None:
+                 started: float, registry_patience: float) -> None:
         self._ledger = ledger
+        self._registry_patience = registry_patience
         self._assignment = assignment
         self._watch = watch
         self._parts = parts
@@ -31,8 +32,11 @@ class Status:
         return self._ledger.outstanding()
 
     def held(self) -> int:
-        """Events a mapping streak holds back now (uncommitted, not dead-lettered)."""
-        return self._ledger.streak.held
+        """Events held back, uncommitted and not dead-lettered: by a mapping streak, or waiting for a schema
+        registry that has not answered for `registry_patience` seconds."""
+        waiting = (self._ledger.awaiting_schema()
+                   if self._parts.schemas.failing_for() >= self._registry_patience else 0)
+        return self._ledger.streak.held + waiting
 
     def readiness(self) -> list[str]:
         """Why this member cannot take work now; empty when ready."""
@@ -44,7 +48,9 @@ class Status:
             reasons.append(f"dead-letter topic: {dead_letters.failure}")
         if problem := self._ledger.streak.problem():
             reasons.append(problem)
-        return reasons + [f"Kafka {problem}" for problem in self._watch.problems()]
+        if problem := self._parts.schemas.problem():
+            reasons.append(f"{problem}: {self._ledger.awaiting_schema()} messages wait for it")
+        return reasons + [f"Kafka: {problem}" for problem in self._watch.problems()]
 
     def kafka_problems(self) -> list[str]:
         return self._watch.problems()
@@ -55,9 +61,9 @@ class Status:
                 and not self._ledger.outstanding())
 
     def stuck(self) -> bool:
-        """Only events held by a mapping streak are left unfinished, and everything in scope is read (or no
-        partition is being read), so no event will come to end the streak: a batch run stops here instead of
-        waiting for ever."""
+        """Only held events are left unfinished (a mapping streak's, or those waiting for a registry that does not
+        answer), and everything in scope is read (or no partition is being read), so nothing will come to end
+        it: a batch run stops here (once it has lasted its quiet period) instead of waiting for ever."""
         held = self.held()
         return (self.consumer is not None and held > 0 and self._ledger.unfinished() == held
                 and (self._ledger.all_paused() or self._assignment.finished(self.consumer)))

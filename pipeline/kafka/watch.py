@@ -4,6 +4,10 @@ librdkafka retries on its own and reports through callbacks and error events, ma
 is down. `KafkaWatch` turns them into the pipeline's own words: one line when a problem starts, a summary
 every `SUMMARY_INTERVAL` while it lasts, one line when it ends. Rejected credentials and authorization
 failures are configuration, so they stop the run with a message that says what to fix.
+
+A broker that hangs (a stopped process, a full disk, a network that drops packets) raises no error at all for
+a long while: librdkafka waits out its request timeouts. So the watch also reads librdkafka's statistics: a
+broker that has requests waiting and has sent nothing back for `stall_after` seconds is reported as silent.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from pipeline.kafka.admin import Trouble, explain
 from pipeline.model import PipelineError
+from pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +44,25 @@ class _Problem:
     last_summary: float
 
 
-class KafkaWatch:
-    """Fed from the polling thread (librdkafka's error_cb and consumer error events); read by probes and batch runs."""
+@dataclass
+class _Broker:
+    """What librdkafka's statistics last said of one broker (all its connections together)."""
 
-    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
+    heard: float  # when it last sent anything (monotonic)
+    waiting: int = 0  # requests sent or queued, not answered
+    silent_since: float | None = None  # reported as silent since then
+
+
+class KafkaWatch:
+    """Fed from the polling thread (librdkafka's error_cb, stats_cb and consumer error events); read by probes
+    and batch runs."""
+
+    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic, stall_after: float = 15.0) -> None:
         self._bootstrap = bootstrap
         self._clock = clock
+        self._stall_after = stall_after
         self._problems: dict[Trouble, _Problem] = {}
+        self._brokers: dict[str, _Broker] = {}
         self._last_probe = clock()
         self.fatal: KafkaAccessError | None = None
 
@@ -69,9 +87,45 @@ class KafkaWatch:
                 log.info("Kafka: %s resolved after %.0fs (%d reports)", kind, self._clock() - problem.since,
                          problem.count)
 
+    def on_stats(self, text: str) -> None:
+        """librdkafka's statistics (stats_cb): when each broker last answered, and what waits for it."""
+        now = self._clock()
+        seen: dict[str, tuple[float, int]] = {}
+        for broker in orjson.loads(text).get("brokers", {}).values():
+            name = broker.get("nodename") or "?"
+            idle = broker.get("rxidle", -1)  # microseconds since this connection last received; -1: never
+            heard = now - idle / 1e6 if idle >= 0 else float("-inf")
+            waiting = broker.get("waitresp_cnt", 0) + broker.get("outbuf_cnt", 0)
+            before = seen.get(name, (float("-inf"), 0))
+            seen[name] = (max(before[0], heard), before[1] + waiting)
+        for name, (heard, waiting) in seen.items():
+            known = self._brokers.setdefault(name, _Broker(heard=now))
+            known.heard = max(known.heard, heard)
+            known.waiting = waiting
+
+    def check_silence(self, working: bool) -> None:
+        """Report a broker that has requests waiting and has answered nothing for `stall_after` seconds while
+        this member has work assigned, once; and how long it lasted when it answers again."""
+        now = self._clock()
+        for name, broker in self._brokers.items():
+            silent = now - broker.heard
+            if broker.silent_since is None and working and broker.waiting and silent >= self._stall_after:
+                broker.silent_since = broker.heard
+                log.warning("Kafka broker %s has answered nothing for %.0fs (%d requests waiting): fetching and "
+                            "committing are stalled while librdkafka waits for it; the pipeline keeps its work "
+                            "and carries on when the broker answers", name, silent, broker.waiting)
+            elif broker.silent_since is not None and silent < self._stall_after:
+                log.info("Kafka broker %s answers again after %.0fs without an answer", name,
+                         broker.heard - broker.silent_since)
+                broker.silent_since = None
+        metrics.KAFKA_SILENT.set(any(broker.silent_since is not None for broker in self._brokers.values()))
+
     def problems(self) -> list[str]:
         """The ongoing problems in one line each, for readiness and for the reason a batch run gives up."""
-        return [f"{kind}: {problem.latest}" for kind, problem in self._problems.items()]
+        now = self._clock()
+        silent = [f"no answer for {now - broker.heard:.0f}s from broker {name}"
+                  for name, broker in self._brokers.items() if broker.silent_since is not None]
+        return silent + [f"{kind}: {problem.latest}" for kind, problem in self._problems.items()]
 
     def tick(self) -> None:
         """A summary line for each problem still going on, every SUMMARY_INTERVAL."""

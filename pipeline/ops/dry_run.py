@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
             event_bytes = line.strip()
             if not event_bytes:
                 continue
-            decoded = decoder.decode(topic, event_bytes)
+            decoded = decoder.decode_resolving(topic, event_bytes)
             decision = decoded if isinstance(decoded, Rejection) else chain.decide(decoded)
             print(orjson.dumps(describe(decision, settings.wigzo_base_url)).decode(), flush=True)
     return 0

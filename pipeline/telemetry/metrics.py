@@ -35,6 +35,17 @@ MISCONFIGURED = Gauge(f"{PREFIX}_misconfigured",
 MAPPING_HELD = Gauge(f"{PREFIX}_mapping_held",
                      "Events held uncommitted, not dead-lettered, because the mapping rejected many in a row alike",
                      multiprocess_mode="livesum")
+KEY_QUEUE_MAX = Gauge(f"{PREFIX}_key_queue_max",
+                      "The most events one key (user) has waiting for delivery, in order, in any partition",
+                      multiprocess_mode="livemax")
+PENDING_BYTES = Gauge(f"{PREFIX}_pending_bytes",
+                      "Estimated memory of messages read and not committed yet (bounded by MEMORY_BUDGET_MB / 4)",
+                      multiprocess_mode="livesum")
+AWAITING_SCHEMA = Gauge(f"{PREFIX}_awaiting_schema",
+                        "Messages waiting for the schema registry to resolve their schema id",
+                        multiprocess_mode="livesum")
+KAFKA_SILENT = Gauge(f"{PREFIX}_kafka_silent", "1 while a broker leaves our requests unanswered (KAFKA_STALL_SECONDS)",
+                     multiprocess_mode="livemax")
 EVENT_TO_DELIVERY = Histogram(f"{PREFIX}_event_to_delivery_seconds",
                               "From the event's timestamp to Wigzo's 2xx",
                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))

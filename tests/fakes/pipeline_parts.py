@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.contract.decoder import SchemaRegistryUnavailable
+from pipeline.contract.decoder import SchemaNeeded
 from pipeline.kafka.ledger import PartitionKey
 from pipeline.model import (
     Aborted,
@@ -82,6 +82,8 @@ class FakeConsumer:
         self.assigned_partitions: list[tuple[str, int, int]] = []
         self.positions: dict[PartitionKey, int] = {}
         self.consume_calls = 0
+        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] = lambda error, offsets: None
+        self.refuse_commits: KafkaError | None = None
 
     # what the pipeline calls
 
@@ -117,14 +119,24 @@ class FakeConsumer:
         return batch
 
     def commit(self, message: Message | None = None, offsets: list[TopicPartition] | None = None,
-               asynchronous: bool = True) -> list[TopicPartition]:
+               asynchronous: bool = True) -> list[TopicPartition] | None:
+        """Synchronous commits return; asynchronous ones are answered (on_commit) inside the next `consume`,
+        as librdkafka does. `refuse_commits` makes the broker refuse them."""
         assert message is None and offsets is not None
-        assert asynchronous is False, "commits must be synchronous"
         positions = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        refusal = self.refuse_commits
+        if refusal is not None and not asynchronous:
+            raise KafkaException(refusal)
+        if refusal is None:
+            with self._lock:
+                self.commits.append(positions)
+            self._journal.add("commit", positions, self.callback_running)
+        if not asynchronous:
+            return offsets
+        answered = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
         with self._lock:
-            self.commits.append(positions)
-        self._journal.add("commit", positions, self.callback_running)
-        return offsets
+            self._actions.append(lambda: self.on_commit(refusal, answered))
+        return None
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         keys = sorted((tp.topic, tp.partition) for tp in partitions)
@@ -194,16 +206,18 @@ class FakeConsumer:
 
 
 class FakeDecoder:
-    """JSON objects decode; anything else (including a tombstone) is a decode Rejection. `registry_down`: the
-    decoder has waited out its patience for the registry and gives up."""
+    """JSON objects decode; anything else (including a tombstone) is a decode Rejection. An event with a
+    `schema` field stands for a registry-framed message: it needs that schema id until it is in `known`."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
-        self.registry_down = False
+        self.known: set[int] = set()
 
-    def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection:
-        if self.registry_down:
-            raise SchemaRegistryUnavailable("schema registry unreachable")
+    def decode(self, topic: str, value: bytes | None) -> dict[str, Any] | Rejection | SchemaNeeded:
+        if value is not None and value.startswith(b'{"schema":'):
+            schema_id = orjson.loads(value)["schema"]
+            if schema_id not in self.known:
+                return SchemaNeeded(schema_id)
         try:
             event = orjson.loads(value) if value is not None else None
         except orjson.JSONDecodeError as exc:
@@ -214,6 +228,39 @@ class FakeDecoder:
             return Rejection("decode", "NotAnObject", "the value is not a JSON object", found=type(event).__name__)
         self.seen.append(event["id"])
         return event
+
+
+class FakeSchemas:
+    """The registry lookups: `answer` an id (it joins the decoder's known ids), or make the registry `fail`."""
+
+    def __init__(self, decoder: FakeDecoder) -> None:
+        self._decoder = decoder
+        self._lock = threading.Lock()
+        self._answered: list[int] = []
+        self.wanted: list[int] = []
+        self.failing_since: float | None = None
+        self.clock: Callable[[], float] = time.monotonic
+
+    def want(self, schema_id: int) -> None:
+        with self._lock:
+            self.wanted.append(schema_id)
+
+    def answer(self, schema_id: int) -> None:
+        with self._lock:
+            self._decoder.known.add(schema_id)
+            self._answered.append(schema_id)
+        self.failing_since = None
+
+    def resolved(self) -> list[int]:
+        with self._lock:
+            answered, self._answered = self._answered, []
+        return answered
+
+    def failing_for(self) -> float:
+        return 0.0 if self.failing_since is None else self.clock() - self.failing_since
+
+    def problem(self) -> str:
+        return "" if self.failing_since is None else "schema registry at http://registry: no answer"
 
 
 def map_event(event: dict[str, Any]) -> MappingDecision:

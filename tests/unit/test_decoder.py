@@ -13,15 +13,15 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from pipeline.config import ConfigError, Settings
 from pipeline.contract.decoder import (
-    RegistryPatience,
     FOUND_LIMIT,
     MAX_JSON_DEPTH,
     SCHEMAS_DIR,
     EventDecoder,
-    SchemaRegistryUnavailable,
+    SchemaNeeded,
     _contract,
     encode_event,
 )
+from pipeline.contract.registry import SchemaRegistryUnavailable
 from pipeline.model import Rejection
 
 TRACK: dict[str, Any] = {
@@ -38,9 +38,8 @@ FORMATS = {"*": "auto", "confluent": "avro-confluent", "json": "json", "plain": 
 EVENT_AVSC = str(SCHEMAS_DIR / "event.avsc")
 
 
-def _decoder(patience: RegistryPatience | None = None, **overrides: Any) -> EventDecoder:
-    return EventDecoder(Settings(**{"input_formats": FORMATS, "avro_writer_schema": EVENT_AVSC, **overrides}),
-                        patience)
+def _decoder(**overrides: Any) -> EventDecoder:
+    return EventDecoder(Settings(**{"input_formats": FORMATS, "avro_writer_schema": EVENT_AVSC, **overrides}))
 
 
 def _json(**changes: Any) -> bytes:
@@ -233,8 +232,8 @@ def test_registry_resolves_ids_when_configured(registry: SchemaRegistryClient) -
     with open(SCHEMAS_DIR / "segment.spec.Track.avsc", "rb") as file:
         schema_id = _register(registry, orjson.loads(file.read()))
     decoder = _decoder(schema_registry_url="mock://segment")
-    assert decoder.decode("orders", _framed(schema_id, TRACK)) == TRACK
-    unknown = decoder.decode("orders", _framed(schema_id + 100, TRACK))
+    assert decoder.decode_resolving("orders", _framed(schema_id, TRACK)) == TRACK
+    unknown = decoder.decode_resolving("orders", _framed(schema_id + 100, TRACK))
     assert isinstance(unknown, Rejection) and unknown.error_class == "UnknownSchemaId"
 
 
@@ -247,7 +246,7 @@ def test_registry_resolves_ids_when_configured(registry: SchemaRegistryClient) -
 def test_registry_schemas_the_decoder_cannot_use_are_rejected(
         registry: SchemaRegistryClient, schema: Any, schema_type: str, error_class: str) -> None:
     schema_id = _register(registry, schema, schema_type)
-    rejection = _decoder(schema_registry_url="mock://segment").decode("orders", _framed(schema_id, TRACK))
+    rejection = _decoder(schema_registry_url="mock://segment").decode_resolving("orders", _framed(schema_id, TRACK))
     assert isinstance(rejection, Rejection) and rejection.error_class == error_class
 
 
@@ -255,59 +254,24 @@ def _registry_down(*args: Any, **kwargs: Any) -> None:
     raise SchemaRegistryError(503, 50301, "unavailable")
 
 
-def test_registry_outage_raises_instead_of_dead_lettering(registry: SchemaRegistryClient,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "get_schema", _registry_down)
-    clock = PatientClock()
-    with pytest.raises(SchemaRegistryUnavailable, match="id 3"):
-        _decoder(clock.patience(120.0), schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
-    assert clock.waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], "backoff up to the patience, then halt"
-
-
-class PatientClock:
-    """A clock that moves only when the patience waits: no test waits an outage out for real."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-        self.stopped = False
-
-    def patience(self, seconds: float) -> RegistryPatience:
-        return RegistryPatience(seconds, clock=lambda: self.now, stop=self)  # type: ignore[arg-type]
-
-    def is_set(self) -> bool:
-        return self.stopped
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        self.now += seconds
-        return self.stopped
-
-
-def test_a_short_registry_outage_is_waited_out(registry: SchemaRegistryClient,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_uncached_id_is_asked_for_never_waited_for(registry: SchemaRegistryClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode never does I/O: it names the id it needs; resolve asks, and raises while the registry is down."""
     with open(SCHEMAS_DIR / "segment.spec.Track.avsc", "rb") as file:
         schema_id = _register(registry, orjson.loads(file.read()))
-    answers = iter([SchemaRegistryError(503, 50301, "unavailable"), ConnectionError("refused")])
+    decoder = _decoder(schema_registry_url="mock://segment")
+    framed = _framed(schema_id, TRACK)
     real = registry.get_schema
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        if (failure := next(answers, None)) is not None:
-            raise failure
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(registry, "get_schema", flaky)
-    clock = PatientClock()
-    decoder = _decoder(clock.patience(120.0), schema_registry_url="mock://segment")
-    assert decoder.decode("orders", _framed(schema_id, TRACK)) == TRACK
-    assert clock.waits == [1.0, 2.0]
-
-
-def test_shutdown_ends_the_wait_for_the_registry(registry: SchemaRegistryClient,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "get_schema", _registry_down)
-    clock = PatientClock()
-    clock.stopped = True
-    with pytest.raises(SchemaRegistryUnavailable):
-        _decoder(clock.patience(120.0), schema_registry_url="mock://segment").decode("orders", VALID_CONFLUENT)
-    assert clock.waits == []
+    assert decoder.decode("orders", framed) == SchemaNeeded(schema_id)
+    with pytest.raises(SchemaRegistryUnavailable, match=f"id {schema_id}"):
+        decoder.resolve(schema_id)
+    assert decoder.decode("orders", framed) == SchemaNeeded(schema_id), "a failed lookup caches nothing"
+    monkeypatch.setattr(registry, "get_schema", real)
+    decoder.resolve(schema_id)
+    assert decoder.decode("orders", framed) == TRACK
+
+
+def test_the_registry_address_never_carries_credentials() -> None:
+    decoder = _decoder(schema_registry_url="https://reader:s3cret@registry.example:8081/apis")
+    assert decoder.registry_address == "https://registry.example:8081"

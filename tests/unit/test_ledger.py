@@ -4,10 +4,21 @@ pauses a partition whose window is full until it is below half of it."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.kafka.ledger import PartitionKey, PartitionLedger, PartitionOffsets, Pending
+from pipeline.kafka.ledger import (
+    MESSAGE_OVERHEAD,
+    OFFSET_COST,
+    PartitionKey,
+    PartitionLedger,
+    PartitionOffsets,
+    Pending,
+)
 
 P0: PartitionKey = ("events", 0)
 P1: PartitionKey = ("events", 1)
@@ -67,8 +78,8 @@ class Checkpoint:
     """The ledger driven by (partition, offset) as the loop drives it: each read keeps its Pending, which is
     what the loop finishes later (from a worker's result or a dead letter's acknowledgement)."""
 
-    def __init__(self, window: int = 1000) -> None:
-        self.ledger = PartitionLedger(window, streak_threshold=10)
+    def __init__(self, window: int = 1000, window_bytes: int = 10**9) -> None:
+        self.ledger = PartitionLedger(window, window_bytes, streak_threshold=10)
         self._pending: dict[tuple[PartitionKey, int], Pending] = {}
 
     def track(self, key: PartitionKey) -> None:
@@ -77,14 +88,21 @@ class Checkpoint:
     def forget(self, keys: list[PartitionKey]) -> None:
         self.ledger.release(keys)
 
-    def read(self, key: PartitionKey, offset: int) -> None:
+    def read(self, key: PartitionKey, offset: int, value: bytes = b"{}", user: bytes | None = None) -> Pending:
         partition = self.ledger.get(key)
         assert partition is not None
-        self._pending[(key, offset)] = partition.read(offset, None)  # type: ignore[arg-type]
+        pending = self._pending[(key, offset)] = partition.read(offset, Record(value, user))  # type: ignore[arg-type]
+        return pending
+
+    def send(self, key: PartitionKey, offset: int, user: object) -> None:
+        pending = self._pending[(key, offset)]
+        pending.partition.sent(pending, user, self.ledger.key_share)
 
     def finish(self, key: PartitionKey, offset: int) -> None:
         if (pending := self._pending.pop((key, offset), None)) is not None:
-            pending.partition.finish(pending.offset)
+            if pending.key is not None:
+                pending.partition.returned(pending, self.ledger.key_share)
+            pending.partition.finish(pending)
 
     def outstanding(self, key: PartitionKey | None = None) -> int:
         return self.ledger.outstanding(key)
@@ -96,8 +114,21 @@ class Checkpoint:
         self.ledger.committed(positions)
 
 
-def tracked(*keys: PartitionKey, window: int = 1000) -> Checkpoint:
-    checkpoint = Checkpoint(window)
+class Record:
+    """The two things the ledger reads of a message: its value and key, for the memory it holds."""
+
+    def __init__(self, value: bytes, key: bytes | None) -> None:
+        self._value, self._key = value, key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
+def tracked(*keys: PartitionKey, window: int = 1000, window_bytes: int = 10**9) -> Checkpoint:
+    checkpoint = Checkpoint(window, window_bytes)
     for key in keys:
         checkpoint.track(key)
     return checkpoint
@@ -288,3 +319,108 @@ def test_release_marks_the_partition_so_late_results_change_nothing() -> None:
     checkpoint.read(P0, 0)
     assert checkpoint.ledger.get(P0) is not partition, "assigned again: a fresh partition"
     assert checkpoint.outstanding(P0) == 1
+
+
+NEVER_EXHAUSTED = lambda key: False  # noqa: E731
+
+
+def test_a_users_queue_past_its_share_does_not_fill_the_partitions_window() -> None:
+    """A hot user's events wait in order; only a tenth of the window counts them, so the partition goes on being
+    read for everyone else until the others fill it."""
+    checkpoint = tracked(P0, window=20)
+    assert checkpoint.ledger.key_share == 2
+    for offset in range(15):
+        checkpoint.read(P0, offset)
+        checkpoint.send(P0, offset, "hot user")
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], []), "15 unfinished, but 13 past the share"
+    for offset in range(15, 32):
+        checkpoint.read(P0, offset)
+        checkpoint.send(P0, offset, f"user {offset}")
+    assert checkpoint.ledger.get(P0).counted == 19  # type: ignore[union-attr]
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [])
+    checkpoint.read(P0, 32)
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([P0], []), "everyone else filled the window"
+    for offset in range(15, 33):
+        checkpoint.finish(P0, offset)
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [P0])
+    assert checkpoint.due([P0]) == {}, "commits still wait for the hot user's oldest event"
+    for offset in range(15):
+        checkpoint.finish(P0, offset)
+    assert checkpoint.due([P0]) == {P0: 33}
+    assert checkpoint.ledger.get(P0).counted == 0  # type: ignore[union-attr]
+
+
+def test_the_members_window_in_bytes_pauses_every_partition_until_below_half() -> None:
+    checkpoint = tracked(P0, P1, window_bytes=38_000)
+    checkpoint.read(P0, 0, value=b"x" * 9_000)  # counted twice (the value and its decoded copy), plus overheads
+    assert checkpoint.ledger.memory() == 2 * 9_000 + MESSAGE_OVERHEAD + OFFSET_COST
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [])
+    checkpoint.read(P1, 0, value=b"x" * 9_000)
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([P0, P1], []), "over 38,000 bytes: all pause"
+    checkpoint.finish(P1, 0)
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], []), "19,124: not below half yet"
+    checkpoint.read(P1, 1, value=b"")
+    checkpoint.finish(P0, 0)
+    assert checkpoint.ledger.memory() == MESSAGE_OVERHEAD + OFFSET_COST
+    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [P0, P1])
+
+
+def test_finished_offsets_behind_an_unfinished_one_cost_memory_too() -> None:
+    checkpoint = tracked(P0)
+    for offset in range(11):
+        checkpoint.read(P0, offset)
+    for offset in range(1, 11):
+        checkpoint.finish(P0, offset)
+    assert checkpoint.ledger.memory() == 2 * len(b"{}") + MESSAGE_OVERHEAD + 11 * OFFSET_COST
+
+
+def test_a_hot_key_is_logged_once_by_its_hash_never_by_itself(caplog: pytest.LogCaptureFixture) -> None:
+    checkpoint = tracked(P0, window=20)
+    with caplog.at_level(logging.INFO, "pipeline.kafka.ledger"):
+        for offset in range(10):
+            checkpoint.read(P0, offset)
+            checkpoint.send(P0, offset, b"user-42")
+        checkpoint.read(P0, 10)
+        checkpoint.send(P0, 10, b"user-7")
+        assert checkpoint.ledger.longest_queue() == 10
+        assert checkpoint.ledger.longest_queue() == 10
+        for offset in range(9):
+            checkpoint.finish(P0, offset)
+        assert checkpoint.ledger.longest_queue() == 1
+    text = caplog.text
+    assert text.count("holds 10 of the 11 unfinished events of events[0]") == 1, "said once per episode"
+    assert hashlib.sha256(b"user-42").hexdigest()[:12] in text and "user-42" not in text
+    assert "back within its share" in text
+
+
+def test_an_asynchronous_commit_is_due_again_only_when_it_failed() -> None:
+    checkpoint = tracked(P0)
+    checkpoint.read(P0, 0)
+    checkpoint.finish(P0, 0)
+    assert checkpoint.due([P0]) == {P0: 1}
+    checkpoint.ledger.committing({P0: 1})
+    assert checkpoint.due([P0]) == {}, "on its way: not sent twice"
+    checkpoint.ledger.commit_answered(P0, 1, ok=False)
+    assert checkpoint.due([P0]) == {P0: 1}, "refused: due again"
+    checkpoint.ledger.committing({P0: 1})
+    checkpoint.read(P0, 1)
+    checkpoint.finish(P0, 1)
+    assert checkpoint.due([P0]) == {P0: 2}, "a newer position goes out while the older one is answered"
+    checkpoint.ledger.committing({P0: 2})
+    checkpoint.ledger.commit_answered(P0, 1, ok=True)
+    assert checkpoint.due([P0]) == {}
+    checkpoint.ledger.commit_answered(P0, 2, ok=True)
+    assert checkpoint.due([P0]) == {} and checkpoint.ledger.get(P0).committed == 2  # type: ignore[union-attr]
+
+
+def test_events_awaiting_a_schema_come_back_in_read_order_except_released_ones() -> None:
+    checkpoint = tracked(P0, P1)
+    waiting = [checkpoint.read(P0, 0), checkpoint.read(P1, 0), checkpoint.read(P0, 1)]
+    for pending in waiting:
+        checkpoint.ledger.await_schema(5, pending)
+    checkpoint.ledger.await_schema(6, checkpoint.read(P1, 1))
+    assert checkpoint.ledger.awaiting_schema() == 4
+    assert checkpoint.ledger.let_go_awaiting_schema([P1]) == 2
+    checkpoint.forget([P1])
+    assert checkpoint.ledger.schema_arrived(5) == [waiting[0], waiting[2]]
+    assert checkpoint.ledger.schema_arrived(6) == [] and checkpoint.ledger.awaiting_schema() == 0

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 import pipeline.kafka.pipeline as pipeline_module
 from pipeline.config import Settings
-from pipeline.contract.decoder import SchemaRegistryUnavailable
 from pipeline.kafka.assignment import Assignment, GroupSubscription, OffsetRanges
 from pipeline.kafka.executor import OrderedExecutor
 from pipeline.kafka.ledger import PartitionKey
@@ -40,6 +40,7 @@ from tests.fakes.pipeline_parts import (
     FakeConsumer,
     FakeDeadLetters,
     FakeDecoder,
+    FakeSchemas,
     Journal,
     map_event,
     message,
@@ -64,6 +65,7 @@ class Harness:
         self.journal = Journal()
         self.consumer = FakeConsumer(self.journal, group)
         self.decoder = FakeDecoder()
+        self.schemas = FakeSchemas(self.decoder)
         self.client = FakeClient()
         self.dead_letters = FakeDeadLetters(self.journal)
         self.mapped: list[str] = []
@@ -79,11 +81,12 @@ class Harness:
     def build(self, assignment: Assignment | None = None, *, flow: Flow = FLOW,
               commit: bool = True, reader: Callable[[Message], Message | Skip] | None = None,
               clock: Callable[[], float] = time.monotonic) -> Pipeline:
-        parts = Parts(decoder=self.decoder, decide=self.map_event, client=self.client,
+        parts = Parts(decoder=self.decoder, schemas=self.schemas, decide=self.map_event, client=self.client,
                       dead_letters=self.dead_letters, executor=OrderedExecutor(4, stall_after=3.0, name="test-send"),
                       shutdown=threading.Event())
         self.pipeline = Pipeline(parts, assignment or GroupSubscription((TOPIC,), ""), flow, reader=reader,
                                  commit=commit, clock=clock, wall_clock=lambda: 1_700_000_000.0)
+        self.consumer.on_commit = self.pipeline.commit_answered
         return self.pipeline
 
     def start(self, pipeline: Pipeline, stop_when: Callable[[], bool] | None = None) -> None:
@@ -490,19 +493,26 @@ def test_partitions_are_paused_while_wigzo_is_not_accepting_work(
 
 def test_a_full_window_pauses_its_partition_until_half_of_it_is_finished(
         make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    """The window counts unfinished messages (finished ones behind them cost only their offsets)."""
     h = make_harness([P0, P1])
-    h.client.hold("0:0")
+    h.client.hold("0:0", "0:1", "0:2")  # three of the executor's four workers
     h.consumer.feed(*(message(P0, n) for n in range(6)))
-    pipeline = h.build(flow=replace(FLOW, max_pending_per_partition=4))
+    pipeline = h.build(flow=replace(FLOW, max_pending_per_partition=3))
     h.start(pipeline)
     wait_for(lambda: h.consumer.paused == {P0}, "P0 paused")
     h.consumer.feed(message(P0, 6), message(P1, 0))
     wait_for(lambda: "1:0" in h.client.delivered, "P1 still flows")
     h.loops()
     assert "0:6" not in h.decoder.seen
+    assert {"0:3", "0:4", "0:5"} <= set(h.client.delivered), "finished behind the held ones"
 
     h.client.release("0:0")
+    wait_for(lambda: "0:0" in h.client.delivered, "0:0 delivered")
+    h.loops()
+    assert "0:6" not in h.decoder.seen, "2 unfinished: not below half the window yet"
+    h.client.release("0:1")
     wait_for(lambda: "0:6" in h.client.delivered, "P0 resumed")
+    h.client.release("0:2")
     h.stop()
     assert h.consumer.pause_calls == [[P0]]
     assert h.consumer.resume_calls[0] == [P0]
@@ -603,17 +613,59 @@ def test_a_fatal_consumer_error_stops_without_committing(make_harness: Callable[
     assert h.consumer.commits == []
 
 
-def test_a_long_registry_outage_halts_without_dead_lettering(
-        make_harness: Callable[..., Harness]) -> None:
-    h = make_harness()
-    h.decoder.registry_down = True  # the decoder's own patience is spent (tests/unit/test_events.py)
-    h.consumer.feed(message(P0, 0))
+def needs_schema(key: PartitionKey, offset: int, schema_id: int) -> Message:
+    """A registry-framed message: it decodes once its schema id is resolved."""
+    return message(key, offset, value=orjson.dumps({"schema": schema_id, "id": f"{key[1]}:{offset}",
+                                                    "action": "deliver"}))
+
+
+def test_a_registry_outage_holds_only_the_messages_that_need_it(
+        make_harness: Callable[..., Harness], commit_every_loop: None) -> None:
+    h = make_harness([P0, P1])
+    h.schemas.failing_since = time.monotonic()
+    h.consumer.feed(needs_schema(P0, 0, 5), message(P0, 1), needs_schema(P0, 2, 5), message(P1, 0),
+                    needs_schema(P1, 1, 6))
     pipeline = h.build()
     h.start(pipeline)
+    wait_for(lambda: {"0:1", "1:0"} <= set(h.client.delivered), "the JSON events flow meanwhile")
+    h.loops()
+    assert sorted(set(h.schemas.wanted)) == [5, 6] and h.client.delivered.count("0:0") == 0
+    assert h.consumer.last_commit(P0) is None and h.consumer.last_commit(P1) == 1, "commits wait at the holders"
+    assert any(reason.startswith("schema registry at http://registry: no answer: 3 messages wait")
+               for reason in pipeline.status.readiness())
+    assert h.dead_letters.letters == []
+
+    h.schemas.answer(5)
+    wait_for(lambda: {"0:0", "0:2"} <= set(h.client.delivered), "decoded once the id is resolved")
+    assert h.client.delivered.index("0:0") < h.client.delivered.index("0:2"), "in the order they were read"
+    h.schemas.answer(6)
+    wait_for(lambda: "1:1" in h.client.delivered, "the other id too")
+    wait_for(lambda: h.consumer.last_commit(P0) == 3 and h.consumer.last_commit(P1) == 2, "commits catch up")
+    h.stop()
+    assert pipeline.status.outcomes.totals()[Outcome.DELIVERED] == 5
+
+
+def test_a_batch_gives_up_on_a_registry_silent_for_its_patience_leaving_the_rest_uncommitted(
+        make_harness: Callable[..., Harness]) -> None:
+    """A run that must end (replay, redrive, --exit-when-idle) stops once only messages waiting for a registry
+    silent for `registry_patience` are left; a long-running member never does (it has no stop condition)."""
+    h = make_harness()
+    now = [1000.0]
+    h.schemas.clock = lambda: now[0]
+    h.schemas.failing_since = now[0]
+    h.consumer.feed(message(P0, 0), needs_schema(P0, 1, 5), message(P0, 2))
+    pipeline = h.build(OffsetRanges({P0: (0, 3)}), flow=replace(FLOW, registry_patience=120.0))
+    status = pipeline.status
+    h.start(pipeline, stop_when=lambda: status.finished() or status.stuck())
+    wait_for(lambda: {"0:0", "0:2"} <= set(h.client.delivered), "the rest delivered")
+    h.loops()
+    assert h.thread is not None and h.thread.is_alive(), "not stuck before the registry's patience is spent"
+    now[0] += 120.0
     h.join()
-    assert isinstance(h.error, SchemaRegistryUnavailable)
-    assert h.dead_letters.letters == [] and h.consumer.commits == []
-    assert pipeline.status.outcomes.total() == 0
+    assert h.error is None
+    assert status.stats.held == 1 and status.stats.held_because.startswith("schema registry at http://registry")
+    assert h.consumer.last_commit(P0) is None or h.consumer.last_commit(P0) <= 1, "never past the held message"
+    assert h.dead_letters.letters == []
 
 
 def test_readiness_says_why_this_member_cannot_take_work(make_harness: Callable[..., Harness]) -> None:
@@ -640,7 +692,7 @@ def test_the_kafka_probe_ends_an_outage_but_not_a_missing_topic(make_harness: Ca
     h.consumer.feed(Message(topic=TOPIC, error=KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")),
                     Message(topic=TOPIC, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "no topic events")))
     h.loops()
-    assert pipeline.status.readiness() == ["Kafka missing topic: no topic events"], \
+    assert pipeline.status.readiness() == ["Kafka: missing topic: no topic events"], \
         "the metadata answer ended the outage"
     h.stop()
 
