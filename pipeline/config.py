@@ -222,8 +222,8 @@ class Settings:
         help="unfinished messages per partition before it is paused (one user's count up to a tenth of it)")
     memory_budget_mb: int = setting(
         256, env="MEMORY_BUDGET_MB", flag="--memory-budget-mb", parse=_positive_int,
-        help="MiB of memory per member: a quarter for librdkafka's prefetch, a quarter for messages read and not "
-             "committed yet, the rest for the process itself (see docs/operations.md, sizing)")
+        help="MiB of memory per member: an eighth for librdkafka's prefetch, a quarter for messages read and not "
+             "committed yet, the rest for the process itself (see docs/operations.md, memory)")
     kafka_stall_seconds: float = setting(
         15.0, env="KAFKA_STALL_SECONDS", flag="--kafka-stall-seconds", parse=_positive_float,
         help="seconds a broker may leave our requests unanswered before the member reports it and is unready")
@@ -263,11 +263,12 @@ class Settings:
             )
 
     def consumer_prefetch(self) -> dict[str, int]:
-        """librdkafka's prefetch, a quarter of the memory budget: half queued, half for one fetch in flight
-        (fetch.max.bytes). The user's own [kafka] settings win (consumer_config puts them after these)."""
-        half_quarter = self.memory_budget_mb * 1024 * 1024 // 8
-        fetch = min(half_quarter, 64 * 1024 * 1024)  # under librdkafka's receive.message.max.bytes (100 MB)
-        return {"queued.max.messages.kbytes": half_quarter // 1024, "fetch.max.bytes": fetch,
+        """librdkafka's prefetch, an eighth of the memory budget: half queued, half for one fetch in flight
+        (fetch.max.bytes), which is also about the most one `consume` hands the loop at once. The user's own
+        [kafka] settings win (consumer_config puts them after these)."""
+        sixteenth = self.memory_budget_mb * 1024 * 1024 // 16
+        fetch = min(sixteenth, 64 * 1024 * 1024)  # under librdkafka's receive.message.max.bytes (100 MB)
+        return {"queued.max.messages.kbytes": sixteenth // 1024, "fetch.max.bytes": fetch,
                 "max.partition.fetch.bytes": min(1024 * 1024, fetch)}
 
     def pending_window_bytes(self) -> int:

@@ -111,11 +111,16 @@ class OrderedExecutor:
     def _work(self) -> None:
         me = threading.current_thread()
         ran: tuple[int, Hashable | None, Task, Wait | None] | None = None
+        task: Task | None = None
         while True:
             with self._lock:
                 if ran is not None:
                     del self._running[me]
                     self._settle(*ran)
+                    # an idle thread must not keep its last task alive: with hundreds of workers, each pinning
+                    # an event (its message, decoded form and request body) was what held a large-message
+                    # backlog in memory, not the pending window
+                    ran = task = None
                 while True:
                     spares = len(self._threads) - self._workers
                     if self._closing or (spares > 0 and (

@@ -6,6 +6,7 @@ opens the consumer, lets SIGTERM/SIGINT drain and commit, and closes the consume
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -34,12 +35,14 @@ from pipeline.wigzo.policy import DeliveryPolicy
 
 log = logging.getLogger(__name__)
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 STATISTICS_INTERVAL_MS = 1000  # how often librdkafka's statistics tell the watch when each broker last answered
 
 
 def build_pipeline(settings: Settings, assignment: Assignment, *,
                    reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True) -> Pipeline:
     settings.require_org_token()
+    _return_large_allocations()
     dead_letters = DeadLetterWriter(settings)
     dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
     shutdown = threading.Event()
@@ -58,6 +61,18 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
     return Pipeline(parts, assignment, Flow.from_settings(settings), reader=reader, commit=commit,
                     watch=KafkaWatch(settings.bootstrap_servers, stall_after=settings.kafka_stall_seconds),
                     highs=highs)
+
+
+def _return_large_allocations() -> None:
+    """Keep glibc's malloc giving large blocks (a message value, a request body) pages of their own, returned to
+    the system when freed. By default it raises that threshold to the largest block freed so far (up to 32 MiB),
+    after which large messages are carved out of heaps that never shrink: a backlog of 750 KB messages once held
+    about 80 MB more than the same backlog with the threshold fixed. Elsewhere (not glibc) nothing changes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def consumer_config(settings: Settings, pipeline: Pipeline, group_id: str | None = None) -> dict[str, Any]:
