@@ -84,6 +84,60 @@ def test_an_unreachable_broker_is_said_once_then_summarised_then_its_end_is_said
     assert watch.problems() == []
 
 
+def _stats(*brokers: tuple[str, int, int]) -> str:
+    """librdkafka's statistics JSON, reduced to what the watch reads: (nodename, rxidle µs, requests waiting)."""
+    return orjson.dumps({"brokers": {f"{name}/{n}": {"nodename": name, "rxidle": idle, "waitresp_cnt": waiting,
+                                                     "outbuf_cnt": 0}
+                                     for n, (name, idle, waiting) in enumerate(brokers)}}).decode()
+
+
+def test_a_broker_that_answers_nothing_while_requests_wait_is_reported_once_and_its_end_said(
+        kafka_log: io.StringIO) -> None:
+    clock = SimulatedClock(1000.0)
+    watch = KafkaWatch("b:9092", clock, stall_after=15.0)
+    watch.on_stats(_stats(("b:9092", 300_000, 1), ("GroupCoordinator", -1, 0)))
+    for second in range(14):  # the broker stops answering: rxidle grows with the clock
+        clock.now += 1.0
+        watch.on_stats(_stats(("b:9092", int((second + 1.3) * 1e6), 2)))
+        watch.check_silence(working=True)
+    assert watch.problems() == [] and kafka_log.getvalue() == "", "14.3 s: under the threshold"
+    for second in range(14, 40):
+        clock.now += 1.0
+        watch.on_stats(_stats(("b:9092", int((second + 1.3) * 1e6), 3)))
+        watch.check_silence(working=True)
+    lines = kafka_log.getvalue().splitlines()
+    assert len(lines) == 1 and "Kafka broker b:9092 has answered nothing for 15s (3 requests waiting)" in lines[0]
+    assert watch.problems() == ["no answer for 40s from broker b:9092"]
+    clock.now += 1.0
+    watch.on_stats(_stats(("b:9092", 20_000, 1)))
+    watch.check_silence(working=True)
+    assert "Kafka broker b:9092 answers again after 41s without an answer" in kafka_log.getvalue()
+    assert watch.problems() == []
+
+
+def test_a_quiet_broker_with_nothing_asked_of_it_or_no_work_assigned_is_not_a_hang(kafka_log: io.StringIO) -> None:
+    clock = SimulatedClock(1000.0)
+    watch = KafkaWatch("b:9092", clock, stall_after=15.0)
+    clock.now += 60.0
+    watch.on_stats(_stats(("idle:9092", 60_000_000, 0), ("b:9092", 60_000_000, 1)))
+    watch.check_silence(working=False)
+    watch.on_stats(_stats(("idle:9092", 61_000_000, 0)))
+    watch.check_silence(working=True)
+    assert watch.problems() == [] and kafka_log.getvalue() == ""
+
+
+def test_a_reconnection_that_has_received_nothing_yet_does_not_hide_the_silence() -> None:
+    """After librdkafka's request timeout it reconnects: the new connection reports rxidle -1, which must not
+    count as an answer."""
+    clock = SimulatedClock(1000.0)
+    watch = KafkaWatch("b:9092", clock, stall_after=15.0)
+    watch.on_stats(_stats(("b:9092", 0, 1)))
+    clock.now += 20.0
+    watch.on_stats(_stats(("b:9092", -1, 1)))
+    watch.check_silence(working=True)
+    assert watch.problems() == ["no answer for 20s from broker b:9092"]
+
+
 def test_rejected_credentials_stop_the_run_with_what_to_fix() -> None:
     watch = KafkaWatch("broker:9094")
     watch.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: Authentication failed"))
