@@ -216,3 +216,20 @@ def test_every_panel_queries_the_prometheus_datasource_variable() -> None:
     for panel in DASHBOARD["panels"]:
         for source in (panel["datasource"], *(target["datasource"] for target in panel["targets"])):
             assert source == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
+def test_the_pods_memory_and_the_members_budget_agree() -> None:
+    """The sizing rule (docs/operations.md, Memory): each member stays under MEMORY_BUDGET_MB, so the pod requests
+    WORKERS x budget and its limit leaves at least a quarter spare."""
+    settings = _settings()
+    (container,) = POD["spec"]["containers"]
+    resources = container["resources"]
+    members = settings.workers * settings.memory_budget_mb
+    assert _mebibytes(resources["requests"]["memory"]) == members
+    assert members <= 0.75 * _mebibytes(resources["limits"]["memory"])
