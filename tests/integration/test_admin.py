@@ -1,5 +1,6 @@
 """Kafka administration against the real broker: a topic is ensured once whoever creates it, watermarks, committed
-offsets and offsets by time come from the broker, and lag counts what a paused partition has not read."""
+offsets and offsets by time come from the broker, and lag counts what a paused partition has not read, also as
+the consume loop asks it (in the background)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pipeline.kafka.admin import (
     BrokerOffsets,
     KafkaErrors,
     KafkaUnreachable,
+    LatestHighs,
     TopicNotFound,
     cluster_metadata,
     ensure_topic,
+    fetched_lag,
 )
 from tests.conftest import TopicFactory, wait_for
 
@@ -95,6 +98,16 @@ def test_a_paused_partition_reports_the_lag_it_accumulates(kafka_bootstrap: str,
         position = consumer.position([TopicPartition(topic, 0)])[0].offset
         assert position == 5, "paused: nothing more is read"
         assert _offsets(kafka_bootstrap).lag({key: position}) == {key: 4}
+        consumer.poll(0.5)
+        assert fetched_lag(consumer, [key]) == {key: 0}, "the cached watermark stays where the last fetch left it"
+        highs = LatestHighs(_offsets(kafka_bootstrap))
+
+        def asked() -> bool:  # as the loop does each second: never waits, takes the answer on a later pass
+            highs.ask([key])
+            return key in highs.known
+
+        wait_for(asked, 30, "the broker's answer")
+        assert fetched_lag(consumer, [key], highs.known) == {key: 4}, "the loop's lag gauge while paused"
     finally:
         consumer.close()
 
