@@ -139,8 +139,12 @@ class Settlement:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in due.items()]
         if not wait:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:  # refused before sending (e.g. during a rebalance): due again next time
+                self._commit_failed(exc.args[0])
+                return
             self._ledger.committing(due)
-            consumer.commit(offsets=offsets, asynchronous=True)
             return
         try:
             consumer.commit(offsets=offsets, asynchronous=False)

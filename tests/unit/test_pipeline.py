@@ -6,6 +6,7 @@ bounded waits on what it has visibly done.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -777,3 +778,24 @@ def test_liveness_counts_from_the_start_before_the_first_poll(make_harness: Call
     """Probes start before the loop's first poll: the member must not look stalled since the host booted."""
     pipeline = make_harness().build(clock=lambda: 42.0)
     assert pipeline.status.last_poll == 42.0
+
+
+def test_a_refused_asynchronous_commit_is_said_once_and_retried_until_it_lands(
+        make_harness: Callable[..., Harness], commit_every_loop: None, caplog: pytest.LogCaptureFixture) -> None:
+    h = make_harness()
+    h.consumer.refuse_commits = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalance in progress")
+    h.consumer.feed(message(P0, 0), message(P0, 1))
+    pipeline = h.build()
+    with caplog.at_level(logging.INFO, "pipeline.kafka.outcomes"):
+        h.start(pipeline)
+        wait_for(lambda: len(h.client.delivered) == 2, "both delivered")
+        h.loops(20)
+        assert h.consumer.commits == [], "every commit refused so far"
+        h.consumer.refuse_commits = None
+        wait_for(lambda: h.consumer.last_commit(P0) == 2, "the position committed once the broker takes it")
+        h.loops()
+    h.stop()
+    failed = [r for r in caplog.records if "commit failed" in r.getMessage()]
+    assert len(failed) == 1 and "rebalance in progress" in failed[0].getMessage(), "said once, not every second"
+    assert any("commits succeed again" in r.getMessage() for r in caplog.records)
+    assert h.consumer.commits_for(P0) == [2], "sent again only because it was refused, and once it landed, never"
