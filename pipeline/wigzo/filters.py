@@ -26,14 +26,13 @@ A dropped or sampled-out event is skipped with the reason `filter: <title>`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from pipeline.model import Skip
-from pipeline.wigzo.fql import FqlError, Query, parse
+from pipeline.wigzo.fql import Evaluator, FqlError, Query, parse
 
 Event = dict[str, Any]
 SAMPLE, DROP, DROP_PROPERTIES, ALLOW_PROPERTIES = "SAMPLE", "DROP", "DROP_PROPERTIES", "ALLOW_PROPERTIES"
@@ -81,9 +80,6 @@ class DestinationFilter:
     @property
     def if_text(self) -> str:
         return self.condition.text if self.condition is not None else MATCH_ALL
-
-    def matches(self, event: Event) -> bool:
-        return self.condition is None or self.condition.matches(event)
 
 
 # --- reading filters as the Public API writes them -------------------------------------------------------------
@@ -168,17 +164,29 @@ def sample_fraction(value: Any) -> float:
     return int.from_bytes(digest, "big") / 2 ** 128
 
 
+class _Step(NamedTuple):
+    """One action of one enabled filter, where Segment's order puts it."""
+
+    index: int  # the filter's place among the enabled ones
+    filter: DestinationFilter
+    action: Action
+    condition: Evaluator | None  # the filter's `if`; None for `all`
+    shared: bool  # the filter has other actions, which reuse its `if`'s answer
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationFilters:
     """The chain step applying the enabled filters, in Segment's order."""
 
     filters: tuple[DestinationFilter, ...]
-    _plan: tuple[tuple[int, DestinationFilter, Action], ...] = field(init=False, repr=False, compare=False)
+    _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         enabled = [one for one in self.filters if one.enabled]
-        plan = [(index, one, action) for index, one in enumerate(enabled) for action in one.actions]
-        plan.sort(key=lambda step: ACTION_ORDER.index(step[2].type))  # stable: filters keep their order
+        plan = [_Step(index, one, action, None if one.condition is None else one.condition.evaluate,
+                      len(one.actions) > 1)
+                for index, one in enumerate(enabled) for action in one.actions]
+        plan.sort(key=lambda step: ACTION_ORDER.index(step.action.type))  # stable: filters keep their order
         object.__setattr__(self, "_plan", tuple(plan))
 
     def __call__(self, event: Event) -> Event | Skip:
@@ -191,11 +199,13 @@ class DestinationFilters:
 
     def _apply(self, event: Event, notes: list[dict[str, str]] | None) -> Event | Skip:
         arrived = event
-        matched: dict[int, bool] = {}
-        for index, one, action in self._plan:
-            hit = matched.get(index)
+        matched: dict[int, bool] = {}  # a filter with several actions: its `if`, evaluated once
+        for index, one, action, condition, shared in self._plan:
+            hit = matched.get(index) if shared else None
             if hit is None:
-                hit = matched[index] = one.matches(arrived)
+                hit = condition is None or condition(arrived) is True
+                if shared:
+                    matched[index] = hit
             if not hit:
                 continue
             if action.type == SAMPLE:
@@ -237,37 +247,41 @@ def _remove_fields(event: Event, fields: tuple[tuple[str, tuple[str, ...]], ...]
     """The event without the named fields (`keep`: without every other field) of each object path; the
     objects on the way are copied, never changed, so the event the filters were given stays as it was."""
     for path, names in fields:
-        def edit(target: dict[str, Any], label: str, names: tuple[str, ...] = names) -> dict[str, Any] | None:
-            gone = [key for key in target if (key in names) != keep]
-            if not gone:
-                return None
-            if removed is not None:
-                removed.extend(f"{label}{key}" for key in gone)
-            return {key: value for key, value in target.items() if key not in gone}
-
-        changed = _edited(event, tuple(path.split(".")) if path else (), edit, f"{path}." if path else "")
+        keys = tuple(path.split(".")) if path else ()
+        changed = _edited(event, keys, names, keep, f"{path}." if path else "", removed)
         if changed is not None:
             event = changed
     return event
 
 
-def _edited(value: Any, keys: tuple[str, ...], edit: Callable[[dict[str, Any], str], dict[str, Any] | None],
-            label: str) -> Any:
-    """`value` with `edit` applied to the object at `keys` (to each object, where a list is there), copying only
-    what changes; None when nothing does."""
+def _edited(value: Any, keys: tuple[str, ...], names: tuple[str, ...], keep: bool, label: str,
+            removed: list[str] | None) -> Any:
+    """`value` with the object at `keys` filtered (each object, where a list is there), copying only what
+    changes; None when nothing does."""
     if keys:
         if not isinstance(value, dict) or keys[0] not in value:
             return None
-        child = _edited(value[keys[0]], keys[1:], edit, label)
+        child = _edited(value[keys[0]], keys[1:], names, keep, label, removed)
         return None if child is None else {**value, keys[0]: child}
     if isinstance(value, dict):
-        return edit(value, label)
+        return _filtered(value, names, keep, label, removed)
     if isinstance(value, list):
-        items = [edit(item, f"{label.rstrip('.')}[].") if isinstance(item, dict) else None for item in value]
+        label = f"{label.rstrip('.')}[]."
+        items = [_filtered(item, names, keep, label, removed) if isinstance(item, dict) else None for item in value]
         if all(item is None for item in items):
             return None
         return [new if new is not None else old for new, old in zip(items, value, strict=True)]
     return None
+
+
+def _filtered(target: dict[str, Any], names: tuple[str, ...], keep: bool, label: str,
+              removed: list[str] | None) -> dict[str, Any] | None:
+    gone = [key for key in target if (key in names) != keep]
+    if not gone:
+        return None
+    if removed is not None:
+        removed.extend(f"{label}{key}" for key in gone)
+    return {key: value for key, value in target.items() if key not in gone}
 
 
 def describe(filters: tuple[DestinationFilter, ...]) -> str:

@@ -292,11 +292,19 @@ def _parse_number(text: str) -> int | float:
 # --- the parser: recursive descent, each rule returning the closure that evaluates it ----------------------------
 
 def _compare(operator: str, left: Evaluator, right: Evaluator) -> Evaluator:
-    if operator == "=":
-        return lambda event: strictly_equal(left(event), right(event))
-    if operator == "!=":
-        return lambda event: not strictly_equal(left(event), right(event))
+    if operator in ("=", "!="):
+        equal = _equal_to_constant(left, right) or _equal_to_constant(right, left)
+        if equal is None:
+            def equal(event: dict[str, Any]) -> bool:
+                return strictly_equal(left(event), right(event))
+        if operator == "!=":
+            same = equal
+            return lambda event: not same(event)
+        return equal
     if operator == "in":
+        strings = _constant_strings(right)
+        if strings is not None:  # `type in ['track', 'identify']`: a set lookup
+            return lambda event: (value := left(event)).__class__ is str and value in strings
         def contained(event: dict[str, Any]) -> bool:
             item, items = left(event), right(event)
             return (fql_type(item) in ("string", "number", "bool", "null") and isinstance(items, list)
@@ -309,6 +317,28 @@ def _compare(operator: str, left: Evaluator, right: Evaluator) -> Evaluator:
         a, b = left(event), right(event)
         return _number(a) and _number(b) and order(a, b)
     return ordered
+
+
+def _equal_to_constant(side: Evaluator, constant: Evaluator) -> Evaluator | None:
+    """`event = 'Order Completed'`, the usual comparison, without the general type dispatch; None when
+    `constant` is not a string or a number."""
+    if not getattr(constant, "constant", False):
+        return None
+    expected = constant({})
+    if isinstance(expected, str):
+        return lambda event: (value := side(event)).__class__ is str and value == expected
+    if _number(expected):
+        return lambda event: _number(value := side(event)) and value == expected
+    return None
+
+
+def _constant_strings(items: Evaluator) -> frozenset[str] | None:
+    if not getattr(items, "constant", False):
+        return None
+    values = items({})
+    if isinstance(values, list) and all(isinstance(value, str) for value in values):
+        return frozenset(values)
+    return None
 
 
 def path_getter(keys: Sequence[str]) -> Evaluator:

@@ -126,6 +126,16 @@ def test_comparisons(query: str, result: bool) -> None:
     assert evaluate(query, {"d": {"x": 1}}) is result
 
 
+@pytest.mark.parametrize(("query", "result"), [
+    ("flag = 1", False), ("1 = flag", False), ("one = 1", True), ("1.0 = one", True), ("word = 'w'", True),
+    ("'w' = word", True), ("one = '1'", False), ("word != 'w'", False), ("flag != 1", True),
+    ("word in ['w', 'x']", True), ("one in ['1']", False), ("missing in ['w']", False), ("missing = 'w'", False),
+])
+def test_comparisons_with_a_literal_keep_types_strict(query: str, result: bool) -> None:
+    """A field compared with a string or number literal (the usual filter) is as strict as any comparison."""
+    assert evaluate(query, {"flag": True, "one": 1, "word": "w"}) is result
+
+
 def test_objects_compare_by_content() -> None:
     event = {"a": {"x": 1, "y": [1, 2]}, "b": {"y": [1, 2], "x": 1}, "c": {"x": 1}}
     assert parse("a = b").matches(event) and parse("a != c").matches(event)
