@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -270,3 +272,10 @@ def test_describe_for_check() -> None:
     filters = parse_filters([NO_DEBUG, {"title": "off", "enabled": False, "if": "all", "actions": [{"type": "DROP"}]}])
     assert describe(filters) == "2 destination filter(s) parsed, 1 enabled ('no debug': DROP)"
     assert isinstance(filters[0], DestinationFilter)
+
+
+def test_the_benchmarks_ten_filters_parse() -> None:
+    """bench/filters.json, which bench_filters.py and pipeline_bench.py --filters measure, stays applicable."""
+    bench = Path(__file__).parents[2] / "bench" / "filters.json"
+    filters = parse_filters(orjson.loads(bench.read_bytes()))
+    assert len(filters) == 10 and all(one.enabled for one in filters)
