@@ -91,9 +91,9 @@ class Settlement:
 
     def finish(self, pending: Pending, outcome: Outcome, detail: str = "") -> None:
         self._outcomes.record(outcome, detail)
-        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
         if outcome is Outcome.SKIPPED:
             metrics.SKIPS.labels(detail).inc()
+        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
         pending.partition.finish(pending.offset)
 
     def dead_letter(self, pending: Pending, letter: DeadLetter) -> None:

@@ -58,7 +58,8 @@ def user_events(n: int) -> list[dict[str, Any]]:
                                                                      **consent_of(n)}, **fields}
 
     order = base("track", event="Order Completed", properties={
-        "order_id": f"order-{n}", "total": 20.0, "currency": "USD", "products": [{"product_id": "sku-1", "price": 20.0}]})
+        "order_id": f"order-{n}", "total": 20.0, "currency": "USD",
+        "products": [{"product_id": "sku-1", "price": 20.0}]})
     order["context"]["traits"] = {"email": email}
     engage = base("identify", traits={"email": email, "vip": True}, integrations={"All": False, "Wigzo": True})
     engage["context"]["consent"] = {"categoryPreferences": {}}  # Engage, for a profile without consent

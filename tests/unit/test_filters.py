@@ -124,7 +124,8 @@ def test_property_filters_apply_only_when_their_if_matches() -> None:
 def test_segments_order_sample_drop_drop_properties_allow_properties() -> None:
     """Written in reverse order, applied as Segment applies them; every `if` sees the event as it arrived."""
     filters = step(
-        {"title": "allow", "if": "all", "actions": [{"type": "ALLOW_PROPERTIES", "fields": {"properties": ["a", "b"]}}]},
+        {"title": "allow", "if": "all", "actions": [
+            {"type": "ALLOW_PROPERTIES", "fields": {"properties": ["a", "b"]}}]},
         {"title": "drop b", "if": "properties.b = 1", "actions": [
             {"type": "DROP_PROPERTIES", "fields": {"properties": ["b"]}}]},
         {"title": "drop when a is gone", "if": "properties.a = null", "actions": [{"type": "DROP"}]},
