@@ -2,7 +2,7 @@
 
     python bench/naive.py --topic T --group G --events N --cap SECONDS --base-url URL --result FILE
 
-Run as its own process by bench/pipeline_bench.py: poll one message, decode, map (the pipeline's own code),
+Run as its own process by bench/pipeline_bench.py: poll one message, decode, decide (the pipeline's own chain),
 post with a requests.Session, commit synchronously, repeat. No concurrency, no retries. It stops after N
 messages or SECONDS after its partitions were assigned, and writes a small JSON result (when it was
 assigned, what it read, sent and failed to send).
@@ -25,7 +25,7 @@ from workload import ORG_TOKEN
 from pipeline.config import load_settings
 from pipeline.contract.decoder import EventDecoder
 from pipeline.model import Deliver, Secret
-from pipeline.wigzo.mapping import MappingConfig, map_event
+from pipeline.wigzo.chain import Chain
 
 TIMEOUT = (5.0, 15.0)  # connect, read: the pipeline's defaults
 ASSIGNMENT_TIMEOUT = 60.0  # bound on joining the group
@@ -36,7 +36,7 @@ def run_naive(topic: str, group: str, events: int, cap: float, base_url: str) ->
     `events` messages or `cap` seconds after its partitions were assigned."""
     settings = dataclasses.replace(load_settings(None), topics=(topic,), group_id=group,
                                    wigzo_base_url=base_url, wigzo_org_token=Secret(ORG_TOKEN))
-    decoder, config = EventDecoder(settings), MappingConfig.from_settings(settings)
+    decoder, chain = EventDecoder(settings), Chain.from_settings(settings)
     consumer = Consumer({**settings.kafka_client_config(), "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
     assigned: list[tuple[float, float]] = []  # (wall clock, monotonic) of the first assignment
@@ -57,7 +57,7 @@ def run_naive(topic: str, group: str, events: int, cap: float, base_url: str) ->
                 continue
             read += 1
             event = decoder.decode(message.topic(), message.value())
-            decision = map_event(event, config) if isinstance(event, dict) else None
+            decision = chain.decide(event) if isinstance(event, dict) else None
             for request in decision.requests if isinstance(decision, Deliver) else ():
                 try:
                     response = session.post(base_url + request.path, params=request.query,

@@ -257,6 +257,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-cap", type=float, default=60.0, help="seconds the naive consumer may run")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds any contender run may take")
     parser.add_argument("--seed", type=int, default=7, help="seed of the events")
+    parser.add_argument("--filters", type=Path, default=None,
+                        help="Segment destination filters every contender applies (WIGZO_FILTERS), e.g. "
+                             "bench/filters.json; the floors' calls and the deliverable events follow them")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/<time>.json)")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds long, for CI: 500 events, 2 partitions, latency 0, naive capped at 5 s")
@@ -279,17 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     out = args.out or BENCH / "results" / f"{started:%Y%m%dT%H%M%SZ}.json"
     env = child_env()
-    kafka = load_settings(None, environ=env).kafka_client_config()
+    if args.filters:
+        env["WIGZO_FILTERS"] = str(args.filters.resolve())
+    settings = load_settings(None, environ=env)
+    kafka = settings.kafka_client_config()
     supervisor = has_workers_option(env)
     names = contenders(args.workers)
     events = make_events(args.events, args.users, args.seed)
-    calls, expected = prepare_calls(events)
+    calls, expected = prepare_calls(events, settings.filters)
     conditions = {"events": args.events, "deliverable": len(expected), "partitions": args.partitions,
                   "users": args.users, "mean_event_bytes": round(statistics.mean(len(e.value) for e in events)),
                   "latencies_ms": args.latencies, "repeat": args.repeat, "in_flight": args.in_flight,
                   "workers": args.workers, "workers_via": "run --workers" if supervisor else "separate processes",
                   "naive_cap_s": args.naive_cap, "bootstrap": kafka["bootstrap.servers"], "seed": args.seed,
-                  "smoke": args.smoke, "contenders": names}
+                  "smoke": args.smoke, "contenders": names,
+                  "filters": str(args.filters) if args.filters else None}
     info = machine()
     announce(info, conditions)
 

@@ -2,8 +2,8 @@
 
 Only `track` and `identify` calls, all valid and all enabled for Wigzo, so (nearly) every event is one
 deliverable Wigzo request and the contenders compare delivery, not rejection paths. The pre-prepared
-requests the floors post come from the pipeline's own decoder and mapping, so every contender sends the
-same bytes for the same event.
+requests the floors post come from the pipeline's own decoder and chain (with the run's destination filters,
+if any), so every contender sends the same bytes for the same event.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pipeline.config import Settings
 from pipeline.contract.decoder import EventDecoder
 from pipeline.dev.samples import BASE_TIME, CATALOG, SampleMessage
 from pipeline.model import Deliver, Secret
-from pipeline.wigzo.mapping import MappingConfig, map_event
+from pipeline.wigzo.chain import Chain
+from pipeline.wigzo.filters import DestinationFilter
 
 ORG_TOKEN = "bench-org-token"
 # (Segment event name or "identify", share of the stream): a storefront's mix, identify for a fifth
@@ -94,16 +95,17 @@ def _track(rng: random.Random, user: str, name: str, serial: int) -> dict[str, A
     return event
 
 
-def prepare_calls(events: list[SampleMessage]) -> tuple[list[Call], dict[str, int]]:
-    """The Wigzo calls the pipeline would send for `events` (decoded and mapped by its own code), and how many
-    calls each deliverable event's messageId must see delivered."""
-    settings = Settings(wigzo_org_token=Secret(ORG_TOKEN))
-    decoder, config = EventDecoder(settings), MappingConfig.from_settings(settings)
+def prepare_calls(events: list[SampleMessage], filters: tuple[DestinationFilter, ...] = ()) -> tuple[list[Call],
+                                                                                                   dict[str, int]]:
+    """The Wigzo calls the pipeline would send for `events` (decoded and decided by its own chain, with these
+    destination filters), and how many calls each deliverable event's messageId must see delivered."""
+    settings = Settings(wigzo_org_token=Secret(ORG_TOKEN), filters=filters)
+    decoder, chain = EventDecoder(settings), Chain.from_settings(settings)
     calls: list[Call] = []
     expected: dict[str, int] = {}
     for sample in events:
         event = decoder.decode("bench", sample.value)
-        decision = map_event(event, config) if isinstance(event, dict) else None
+        decision = chain.decide(event) if isinstance(event, dict) else None
         if not isinstance(decision, Deliver):
             continue
         for request in decision.requests:

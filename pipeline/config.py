@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from pipeline.model import PipelineError, Secret
+from pipeline.wigzo.consent import CONSENT_MISSING, ConsentMissing
+from pipeline.wigzo.filters import DestinationFilter, parse_filters
 
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 KAFKA_PASSTHROUGH_PREFIX = "KAFKA_OPT_"
@@ -102,6 +104,13 @@ def _event_name_map(text: str) -> dict[str, str | None]:
     return parsed
 
 
+def _filters(text: str) -> tuple[DestinationFilter, ...]:
+    """A JSON file of Segment destination filters as the Public API returns them (or that JSON inline), each `if`
+    parsed now: a filter that does not parse stops the pipeline at start, named with the column."""
+    raw = text.encode() if text.lstrip().startswith(("[", "{")) else Path(text).read_bytes()
+    return parse_filters(orjson.loads(raw))
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One setting as a user sets it: derived from its `Settings` field, whose name is the config file's key."""
@@ -113,6 +122,7 @@ class Option:
     help: str
     secret: bool
     shown_default: str  # the default as the README's settings table writes it
+    structured: bool  # the config file may write it as TOML tables, handed to `parse` as their JSON
 
 
 _DECLARATION = "setting"  # the field metadata key under which `setting` keeps the rest of an Option
@@ -132,14 +142,15 @@ def _shown(default: object) -> str:
 
 
 def setting(default: Any, *, env: str, flag: str, parse: Callable[[str], Any], help: str, secret: bool = False,
-            shown: str | None = None) -> Any:
+            shown: str | None = None, structured: bool = False) -> Any:
     """A `Settings` field with its default, environment variable, flag, parser and help in one place.
 
     `shown` is the default as the docs write it where the value is not what a user reads (`<source topic>.dlq`
-    for an empty DLQ_TOPIC); otherwise it is derived from the default.
+    for an empty DLQ_TOPIC); otherwise it is derived from the default. A `structured` setting's parser reads
+    JSON, which the config file may also write as TOML tables.
     """
     declared = {"env": env, "flag": flag, "parse": parse, "help": help, "secret": secret,
-                "shown_default": _shown(default) if shown is None else shown}
+                "shown_default": _shown(default) if shown is None else shown, "structured": structured}
     if isinstance(default, dict):  # every Settings gets its own: a dataclass field cannot share a mutable default
         return field(default_factory=default.copy, metadata={_DECLARATION: declared})
     return field(default=default, metadata={_DECLARATION: declared})
@@ -201,6 +212,16 @@ class Settings:
     event_name_map: Mapping[str, str | None] = setting(
         {}, env="WIGZO_EVENT_MAP", flag="--event-map", parse=_event_name_map,
         help="JSON object (inline or file path) mapping Segment event names to Wigzo names, null to skip")
+    consent_categories: tuple[str, ...] = setting(
+        (), env="WIGZO_CONSENT_CATEGORIES", flag="--consent-categories", parse=_csv, shown="unset",
+        help="Segment consent categories Wigzo belongs to, comma-separated (e.g. Advertising,Analytics): an event "
+             "reaches Wigzo only when its context.consent.categoryPreferences grants every one; unset: not enforced")
+    consent_missing: ConsentMissing = setting(
+        "deliver", env="WIGZO_CONSENT_MISSING", flag="--consent-missing", parse=_choice(CONSENT_MISSING),
+        help="an event with no consent object when consent categories are set: deliver (as Segment does) or skip")
+    filters: tuple[DestinationFilter, ...] = setting(
+        (), env="WIGZO_FILTERS", flag="--filters", parse=_filters, shown="unset", structured=True,
+        help="JSON file of Segment destination filters for Wigzo, as Segment's Public API returns them")
     connect_timeout: float = setting(5.0, env="WIGZO_CONNECT_TIMEOUT", flag="--connect-timeout",
                                      parse=_positive_float, help="seconds to establish a connection to Wigzo")
     read_timeout: float = setting(15.0, env="WIGZO_READ_TIMEOUT", flag="--read-timeout", parse=_positive_float,
@@ -367,11 +388,15 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> _Raw | None:
     return from_file
 
 
-def _toml_text(where: str, value: object, secret: bool) -> str:
+def _toml_text(where: str, value: object, secret: bool, structured: bool = False) -> str:
     """A TOML value as the text an environment variable would hold, so one parser validates both.
 
-    Arrays become comma-separated (`topics = ["a", "b"]` is `KAFKA_TOPICS=a,b`), booleans `true`/`false`.
+    Arrays become comma-separated (`topics = ["a", "b"]` is `KAFKA_TOPICS=a,b`), booleans `true`/`false`; for a
+    structured setting, tables (`[[filters]]`) become their JSON text.
     """
+    if structured and (isinstance(value, dict) or (isinstance(value, list) and any(isinstance(item, dict)
+                                                                                   for item in value))):
+        return orjson.dumps(value).decode()
     items = value if isinstance(value, list) else [value]
     texts = []
     for item in items:
@@ -480,7 +505,7 @@ class _ConfigFile:
                 close = difflib.get_close_matches(key.lower(), valid, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f"; the settings are {', '.join(valid)}"
                 raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
-            text = _toml_text(f"{path}: {key}", value, option.secret)
+            text = _toml_text(f"{path}: {key}", value, option.secret, option.structured)
             if not text:
                 continue  # empty is unset, as in the environment
             raw = _Raw(key, text, from_file=key in file_keys, origin=path)

@@ -2,7 +2,8 @@
 
 Starts the local Kafka (unless KAFKA_BOOTSTRAP_SERVERS points elsewhere) and the Wigzo sandbox,
 produces a seeded sample stream to a fresh 6-partition topic, runs the consumer until the topic is
-drained, and reports what happened to every message.
+drained (enforcing consent and two destination filters, as a store moving from Segment would), and reports
+what happened to every message, skips by their reason.
 """
 
 from __future__ import annotations
@@ -28,12 +29,23 @@ from pipeline.kafka.status import Status
 from pipeline.model import Secret
 from pipeline.ops.inspect_dlq import DeadLetterReader
 from pipeline.telemetry.logs import configure_logging
+from pipeline.wigzo.filters import describe as describe_filters
+from pipeline.wigzo.filters import parse_filters
 
 DEMO_ORG_TOKEN = "demo-org-token"
 DEMO_LOG_LEVEL = "WARNING"  # the demo's report is what a person reads: only warnings may interrupt it
 # The demo's own default, not WIGZO_MAX_IN_FLIGHT's: that one (256) is sized for Wigzo's ~150 ms answers, while
 # the sandbox answers in ~5 ms (--latency-ms), where 64 in flight already allow ~12,800 requests/s.
 DEMO_MAX_IN_FLIGHT = 64
+# Privacy as a store would carry it over from Segment (docs/privacy.md): Wigzo mapped to the Advertising consent
+# category, and two destination filters, one removing a property, one dropping events
+DEMO_CONSENT_CATEGORIES = ("Advertising",)
+DEMO_FILTERS = parse_filters([
+    {"title": "no phone numbers", "enabled": True, "if": "type = 'identify'",
+     "actions": [{"type": "DROP_PROPERTIES", "fields": {"traits": ["phone"]}}]},
+    {"title": "no cart removals", "enabled": True, "if": "type = 'track' and event = 'Product Removed'",
+     "actions": [{"type": "DROP"}]},
+])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,12 +79,15 @@ def main(args: argparse.Namespace) -> int:
     samples = list(SampleStream(seed=args.seed).messages(args.events))
     produce_samples({"bootstrap.servers": bootstrap}, topic, samples)
     print(f"Produced {len(samples)} sample messages to {topic} ({args.partitions} partitions): "
-          "shopper sessions, Engage audiences, other calls, disabled, invalid and garbage messages")
+          "shopper sessions, Engage audiences, other calls, disabled, invalid and garbage messages, each with "
+          "its user's consent")
 
     settings = dataclasses.replace(
         load_settings(None, environ={}), bootstrap_servers=bootstrap, topics=(topic,),
         group_id=f"demo-{topic}", wigzo_base_url=sandbox.url, wigzo_org_token=Secret(DEMO_ORG_TOKEN),
-        max_in_flight=args.max_in_flight)
+        max_in_flight=args.max_in_flight, consent_categories=DEMO_CONSENT_CATEGORIES, filters=DEMO_FILTERS)
+    print(f"Privacy: consent required for {', '.join(DEMO_CONSENT_CATEGORIES)} (events without a consent object "
+          f"are delivered, as Segment does); {describe_filters(DEMO_FILTERS)}")
     pipeline = build_pipeline(settings, GroupSubscription(settings.topics, settings.dlq_topic))
     status = pipeline.status
     run_started = time.monotonic()

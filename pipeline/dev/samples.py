@@ -1,7 +1,8 @@
 """A seeded stream of realistic Segment traffic for the demo, tests and benchmarks.
 
-Shoppers browse, search, add to cart, check out and order; Engage computes audiences; some events
-have Wigzo disabled, some break the contract or Wigzo's rules, and a few are not events at all.
+Shoppers browse, search, add to cart, check out and order; Engage computes audiences; every event carries
+its user's consent (some refused advertising, some never answered); some events have Wigzo disabled, some
+break the contract or Wigzo's rules, and a few are not events at all.
 The same seed always yields the same bytes.
 """
 
@@ -28,6 +29,16 @@ CATALOG = [
         ("Wool Scarf", "Accessories", "Acne", 85.0), ("Desk Lamp", "Home", "Muuto", 220.0),
     ], start=40)
 ]
+
+
+def _consent(user: str | None) -> dict[str, Any]:
+    """Each user's consent, as a CMP stamps it on every event: fixed per user and drawn from no random number, so
+    the stream is otherwise what it was. Users ending in 0 refused advertising, those ending in 1 never answered
+    (no consent object), the others granted both categories."""
+    last = user[-1:] if user else ""
+    if last == "1":
+        return {}
+    return {"consent": {"categoryPreferences": {"Advertising": last != "0", "Analytics": True}}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,7 @@ class SampleStream:
             "channel": "browser",
             "context": {"library": {"name": "analytics.js", "version": "5.2.0"},
                         "page": {"url": "https://shop.example.com/", "path": "/", "title": "Shop"},
-                        "userAgent": "Mozilla/5.0", "ip": "203.0.113.9"},
+                        "userAgent": "Mozilla/5.0", "ip": "203.0.113.9", **_consent(user)},
             "integrations": {},
         }
         if anonymous or user is None:

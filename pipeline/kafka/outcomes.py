@@ -92,6 +92,8 @@ class Settlement:
 
     def finish(self, pending: Pending, outcome: Outcome, detail: str = "") -> None:
         self._outcomes.record(outcome, detail)
+        if outcome is Outcome.SKIPPED:
+            metrics.SKIPS.labels(detail).inc()
         metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
         pending.partition.finish(pending)
 

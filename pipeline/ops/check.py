@@ -34,6 +34,7 @@ from pipeline.kafka.admin import (
 )
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.model import PipelineError, Scrubber
+from pipeline.wigzo.filters import describe as describe_filters
 
 KAFKA_TIMEOUT = 8.0  # seconds per broker request: an unreachable broker fails its row within ~10 s
 RESULT_TIMEOUT = KAFKA_TIMEOUT + 2  # waiting on a request's future: its own request_timeout fires first
@@ -66,7 +67,8 @@ def skipped(names: tuple[str, ...], because: str) -> list[Row]:
 
 
 def check_configuration(args: argparse.Namespace) -> tuple[Settings | None, Row]:
-    """The settings as `run` reads them, including the topic-pattern rules it refuses to start without."""
+    """The settings as `run` reads them, including the topic-pattern rules it refuses to start without and every
+    destination filter, parsed."""
     try:
         settings = load_settings(args)
         GroupSubscription(settings.topics, settings.dlq_topic)
@@ -75,7 +77,18 @@ def check_configuration(args: argparse.Namespace) -> tuple[Settings | None, Row]
                             f"Configuration: a KAFKA_TOPICS pattern is not a regular expression ({exc}) — fix it")
     except PipelineError as exc:
         return None, failed("configuration", str(exc), f"Configuration: {exc}")
-    return settings, passed("configuration", "settings are valid")
+    return settings, passed("configuration", "; ".join(["settings are valid", *privacy_summary(settings)]))
+
+
+def privacy_summary(settings: Settings) -> list[str]:
+    """What consent and the destination filters will do: every filter was parsed with the settings."""
+    summary = []
+    if settings.consent_categories:
+        summary.append(f"consent required for {', '.join(settings.consent_categories)} (an event without a consent "
+                       f"object: {settings.consent_missing})")
+    if settings.filters:
+        summary.append(describe_filters(settings.filters))
+    return summary
 
 
 class KafkaProbe:

@@ -1,7 +1,8 @@
 """`wigzo-pipeline transform [FILE]`: print what Wigzo would receive for each Segment event, sending nothing.
 
 It runs the consumer's own decoder and chain (pipeline.wigzo.chain) with the same settings, so a dry run
-cannot disagree with production. The organization token is not required: tokens are always shown as ``***``.
+cannot disagree with production; with consent or destination filters set, each line also says which of them
+decided and why (`privacy`). The organization token is not required: tokens are always shown as ``***``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def main(args: argparse.Namespace) -> int:
             if not event_bytes:
                 continue
             decoded = decoder.decode_resolving(topic, event_bytes)
-            decision = decoded if isinstance(decoded, Rejection) else chain.decide(decoded)
-            print(orjson.dumps(describe(decision, settings.wigzo_base_url)).decode(), flush=True)
+            decision, notes = (decoded, {}) if isinstance(decoded, Rejection) else chain.explain(decoded)
+            shown = describe(decision, settings.wigzo_base_url)
+            if notes:  # consent and destination filters, when set: which decided, and why
+                shown["privacy"] = notes
+            print(orjson.dumps(shown).decode(), flush=True)
     return 0
 
 

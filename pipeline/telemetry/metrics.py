@@ -1,7 +1,8 @@
 """The Prometheus metrics every part of the pipeline reports to, served on METRICS_PORT at /metrics.
 
-Labels stay bounded: topics, partitions, stages, outcome names, status classes and retry reasons; never
-user ids, message ids or free-form reasons. Metrics are module-level (prometheus-client's usual pattern),
+Labels stay bounded: topics, partitions, stages, outcome names, status classes, retry reasons and skip reasons
+(written by the code from the configuration: a consent category, a filter's title, an event-name map entry);
+never user ids, message ids or free-form reasons. Metrics are module-level (prometheus-client's usual pattern),
 so a process serves the sum over every pipeline it runs.
 """
 
@@ -14,6 +15,8 @@ PREFIX = "wigzo_pipeline"
 MESSAGES_CONSUMED = Counter(f"{PREFIX}_messages_consumed", "Messages read from Kafka", ["topic"])
 OUTCOMES = Counter(f"{PREFIX}_outcomes", "Final outcome of each message read (stage: of a dead letter)",
                    ["outcome", "stage"])
+SKIPS = Counter(f"{PREFIX}_skips", "Messages skipped on purpose, by reason (consent, a destination filter, "
+                "integrations, call type, event-name map)", ["reason"])
 DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic", ["stage"])
 DLQ_TRUNCATED = Counter(f"{PREFIX}_dlq_truncated", "Dead letters too large for their topic, stored cut down", ["stage"])
 CONSUMER_LAG = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the partition's high watermark",

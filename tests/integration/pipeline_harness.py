@@ -21,7 +21,7 @@ from pipeline.kafka.assignment import GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.model import Deliver, Secret
-from pipeline.wigzo.mapping import MappingConfig, map_event
+from pipeline.wigzo.chain import Chain
 
 ORG_TOKEN = "test-org-token"
 
@@ -46,13 +46,13 @@ def produce(bootstrap: str, topic: str, samples: Iterable[SampleMessage], timest
 
 
 def predicted_requests(settings: Settings, topic: str, samples: Iterable[SampleMessage]) -> Counter[tuple[str, str, bytes]]:
-    """What Wigzo must receive, from the same decoder and mapping the consumer runs (the dry run)."""
-    decoder, mapping = EventDecoder(settings), MappingConfig.from_settings(settings)
+    """What Wigzo must receive, from the same decoder and chain (consent, filters, mapping) the consumer runs."""
+    decoder, chain = EventDecoder(settings), Chain.from_settings(settings)
     expected: Counter[tuple[str, str, bytes]] = Counter()
     for sample in samples:
         event = decoder.decode(topic, sample.value)
         if isinstance(event, dict):
-            decision = map_event(event, mapping)
+            decision = chain.decide(event)
             if isinstance(decision, Deliver):
                 for request in decision.requests:
                     key = dict(request.headers)["Idempotency-Key"]

@@ -164,6 +164,8 @@ def test_a_missing_org_token_fails_with_where_to_find_it(
 @pytest.mark.parametrize(("args", "named"), [
     (["--max-in-flight", "0"], "--max-in-flight"),
     (["--topics", "^segment-.*"], "set DLQ_TOPIC explicitly"),
+    (["--filters", '[{"title": "no debug", "if": "event = ", "actions": [{"type": "DROP"}]}]'],
+     "filter 'no debug': its if does not parse at column 9"),
 ])
 def test_invalid_configuration_is_a_failed_row_not_a_traceback(
         args: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:

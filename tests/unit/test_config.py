@@ -353,3 +353,65 @@ def test_overridden_secret_file_is_not_read(tmp_path: Path) -> None:
     config = _config(tmp_path, f'wigzo_org_token_file = "{tmp_path / "only-in-production"}"\n')
     settings = load_settings(_args("--config", str(config)), environ={"WIGZO_ORG_TOKEN": "from-env"})
     assert settings.wigzo_org_token.reveal() == "from-env"
+
+
+# --- privacy: consent categories and destination filters ------------------------------------------------------
+
+NO_DEBUG_JSON = ('[{"title": "no debug", "enabled": true, "if": "type = \\"track\\" and match(event, \\"Debug*\\")", '
+                 '"actions": [{"type": "DROP"}]}]')
+
+
+def test_consent_settings_from_the_environment_and_the_file(tmp_path: Path) -> None:
+    settings = load_settings(_args(), environ={"WIGZO_CONSENT_CATEGORIES": "Advertising, Analytics",
+                                               "WIGZO_CONSENT_MISSING": "skip"})
+    assert (settings.consent_categories, settings.consent_missing) == (("Advertising", "Analytics"), "skip")
+    config = _config(tmp_path, 'consent_categories = ["Advertising", "Analytics"]\nconsent_missing = "deliver"\n')
+    settings = load_settings(_args("--config", str(config)), environ={})
+    assert (settings.consent_categories, settings.consent_missing) == (("Advertising", "Analytics"), "deliver")
+    with pytest.raises(ConfigError, match="WIGZO_CONSENT_MISSING='drop' is invalid: must be one of deliver, skip"):
+        load_settings(_args(), environ={"WIGZO_CONSENT_MISSING": "drop"})
+
+
+def test_filters_from_a_json_file_inline_json_or_toml_tables(tmp_path: Path) -> None:
+    exported = tmp_path / "filters.json"
+    exported.write_text(NO_DEBUG_JSON)
+    from_file = load_settings(_args(), environ={"WIGZO_FILTERS": str(exported)}).filters
+    assert [one.title for one in from_file] == ["no debug"]
+    assert load_settings(_args("--filters", NO_DEBUG_JSON), environ={}).filters == from_file
+    config = _config(tmp_path, f"filters = '{exported}'\n")
+    assert load_settings(_args("--config", str(config)), environ={}).filters == from_file
+    tables = _config(tmp_path, """
+[[filters]]
+title = "no debug"
+enabled = true
+if = 'type = "track" and match(event, "Debug*")'
+actions = [{type = "DROP"}]
+""", name="tables.toml")
+    assert load_settings(_args("--config", str(tables)), environ={}).filters == from_file
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ('[{"title": "no debug", "if": "type = \\"track\\" and (", "actions": [{"type": "DROP"}]}]',
+     "filter 'no debug': its if does not parse at column 21: expected a value"),
+    ('[{"title": "x", "if": "all", "actions": [{"type": "KEEP"}]}]', "filter 'x': an action's type must be one of"),
+    ("[{", "is invalid: "),
+    ("missing-filters.json", "No such file or directory"),
+])
+def test_a_filter_that_cannot_be_applied_stops_the_start_naming_it(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(_args(), environ={"WIGZO_FILTERS": value})
+    assert str(error.value).startswith("WIGZO_FILTERS=") and needle in str(error.value)
+
+
+def test_a_filter_in_the_config_file_is_named_with_the_file(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[[filters]]\ntitle = "broken"\nif = "event = "\nactions = [{type = "DROP"}]\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(_args("--config", str(config)), environ={})
+    assert str(error.value).startswith(f"{config}: filters=")
+    assert "filter 'broken': its if does not parse at column 9" in str(error.value)
+
+
+def test_only_filters_take_tables_in_the_config_file(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[[consent_categories]]\nname = "Advertising"\n')
+    with pytest.raises(ConfigError, match="must be a string, a number, a boolean or an array of them"):
+        load_settings(_args("--config", str(config)), environ={})

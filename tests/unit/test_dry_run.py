@@ -46,7 +46,7 @@ ORG, API = "org-Zq81", "api-Kx42"
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("WIGZO_ORG_TOKEN", "WIGZO_API_TOKEN", "WIGZO_BASE_URL", "WIGZO_EVENT_MAP", "INPUT_FORMAT",
-                 "KAFKA_TOPICS"):
+                 "KAFKA_TOPICS", "WIGZO_CONSENT_CATEGORIES", "WIGZO_CONSENT_MISSING", "WIGZO_FILTERS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -133,3 +133,38 @@ def test_documented_worked_example_is_this_real_output():
     docs = (Path(__file__).parents[2] / "docs" / "mapping.md").read_text()
     assert json.dumps(SEED_PRODUCT_VIEWED, indent=2) in docs
     assert orjson.dumps(SEED_OUTPUT).decode() in docs
+
+
+# --- privacy: consent and destination filters say which of them decided, and why -----------------------------
+
+PRIVACY_DOC = Path(__file__).parents[2] / "docs" / "privacy.md"
+
+
+def _doc_block(doc: str, after: str, fence: str) -> str:
+    """The fenced block that follows `after` in the doc."""
+    return doc.split(after, 1)[1].split(fence + "\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_privacy_worked_example_is_this_real_output(tmp_path, capsys, monkeypatch):
+    doc = PRIVACY_DOC.read_text()
+    filters = tmp_path / "filters.json"
+    filters.write_text(_doc_block(doc, "exported as\n`filters.json`:", "```json"))
+    events = tmp_path / "events.jsonl"
+    events.write_text(_doc_block(doc, "`events.jsonl`:", "```"))
+    monkeypatch.setenv("WIGZO_CONSENT_CATEGORIES", "Advertising")
+    monkeypatch.setenv("WIGZO_FILTERS", str(filters))
+    assert run([str(events)]) == 0
+    printed = capsys.readouterr().out
+    console = _doc_block(doc, "$ wigzo-pipeline transform events.jsonl", "")
+    assert printed == console, "docs/privacy.md's worked example no longer matches what transform prints"
+    delivered, debug, refused, kept, sampled = (orjson.loads(line) for line in printed.splitlines())
+    assert "email" not in str(delivered["requests"]) and "email" not in str(kept["requests"])
+    assert (debug["reason"], refused["reason"], sampled["reason"]) == (
+        "filter: no debug events", "consent: Advertising not granted", "filter: half of newsletter signups")
+
+
+def test_without_consent_or_filters_there_is_no_privacy_part(tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(lines([SEED_PRODUCT_VIEWED]))
+    assert run([str(events)]) == 0
+    assert "privacy" not in outputs(capsys)[0]
