@@ -25,7 +25,7 @@ from pipeline.kafka.parts import Flow, Parts
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Skip
-from pipeline.telemetry.logs import KAFKA_LOGGER
+from pipeline.telemetry.logs import with_kafka_logging
 from pipeline.wigzo.chain import Chain
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy
@@ -53,10 +53,9 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
 
 
 def consumer_config(settings: Settings, watch: KafkaWatch, group_id: str | None = None) -> dict[str, Any]:
-    return {
+    return with_kafka_logging({
         "group.id": group_id or settings.group_id,
         "error_cb": watch.on_error,
-        "logger": KAFKA_LOGGER,
         "auto.offset.reset": settings.auto_offset_reset,
         "client.id": "segment-wigzo",
         **settings.kafka_client_config(),
@@ -64,7 +63,7 @@ def consumer_config(settings: Settings, watch: KafkaWatch, group_id: str | None 
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
-    }
+    })
 
 
 def run_pipeline(pipeline: Pipeline, settings: Settings, *, group_id: str | None = None,

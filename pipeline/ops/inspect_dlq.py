@@ -29,6 +29,7 @@ from pipeline.kafka.admin import (
 from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, PipelineError, Scrubber
 from pipeline.ops.lookups import LOOKUP_TIMEOUT, lookup_offsets, parse_time, watermarks
+from pipeline.telemetry.logs import configure_for, with_kafka_logging
 
 PREVIEW_CHARS = 200
 STALL_SECONDS = 30.0  # no progress for this long while letters remain: give up rather than hang
@@ -42,10 +43,10 @@ class DeadLetterReader:
         self.topic = topic
         self._errors = KafkaErrors()
         # log_level 0: why the broker is unreachable comes through error_cb into one message, not stderr noise
-        self._consumer = Consumer({"log_level": 0, **settings.kafka_client_config(),
-                                   "group.id": f"{settings.group_id}.dlq-inspect", "enable.auto.commit": False,
-                                   "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                                   "error_cb": self._errors})
+        self._consumer = Consumer(with_kafka_logging({
+            "log_level": 0, **settings.kafka_client_config(), "group.id": f"{settings.group_id}.dlq-inspect",
+            "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "error_cb": self._errors}))
         try:
             self.ends = self._ranges(settings)
         except BaseException:
@@ -229,6 +230,7 @@ def main(args: argparse.Namespace) -> int:
     if args.ambiguous_topic is not None:
         refuse_ambiguous_topic(args.ambiguous_topic)
     settings = load_settings(args)
+    configure_for(settings)
     scrub = Scrubber(settings.secrets())
 
     def emit(line: str) -> None:
