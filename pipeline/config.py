@@ -275,6 +275,11 @@ class Settings:
                               "dead-letter topic: name one with DLQ_TOPIC (--dlq-topic)")
         return topic
 
+    def dead_letter_topics(self) -> list[str]:
+        """Every dead-letter topic the source topics write to, each once, in KAFKA_TOPICS order: what the
+        commands that read dead letters (`dlq`, `redrive`) read."""
+        return list(dict.fromkeys(self.dlq_topic_for(source) for source in self.topics))
+
     def require_org_token(self) -> None:
         if not self.wigzo_org_token:
             raise ConfigError(

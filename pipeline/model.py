@@ -75,18 +75,34 @@ class Secret:
 
 class Scrubber:
     """Removes credentials from text bound for logs, errors or dead-letter headers: the known secret values,
-    and any ``token=``/``org_token=`` query value (HTTP libraries put whole URLs into their messages)."""
+    and any ``token=``/``org_token=`` query value (HTTP libraries put whole URLs into their messages).
+
+    A secret is masked where it stands whole, not inside a longer run of letters and digits: a short token
+    ``tok`` leaves "org token" alone. Text this scrubs is often already escaped (JSON log lines, byte reprs,
+    URL-encoded values), so a secret right after an escape such as ``\\n``, ``\\x00``, ``\\u0022`` or ``%3D``
+    stands whole too: the escape's letters and digits are not part of it."""
 
     _SECRET_QUERY = re.compile(r"((?:^|[?&;\s])(?:org_token|token)=)[^&\s'\"]*", re.IGNORECASE)
+    _ALNUM = r"[^\W_]"
+    # where a secret may start although a letter or digit precedes it: right after an escape sequence
+    _AFTER_ESCAPE = (r"(?<=\\[abfnrtv0])", r"(?<=\\x[0-9A-Fa-f]{2})", r"(?<=\\u[0-9A-Fa-f]{4})",
+                     r"(?<=%[0-9A-Fa-f]{2})")
 
     def __init__(self, secrets: Iterable[Secret]) -> None:
-        self._values = tuple(secret.reveal() for secret in secrets if secret)
+        values = sorted({secret.reveal() for secret in secrets if secret}, key=len, reverse=True)  # longest wins
+        self._secrets = re.compile("|".join(self._whole(value) for value in values)) if values else None
+
+    @classmethod
+    def _whole(cls, value: str) -> str:
+        """A pattern for `value` where no letter or digit continues it on either side (an edge of `value` that is
+        not a letter or digit needs no such guard: the run ends there anyway)."""
+        start = f"(?:(?<!{cls._ALNUM})|{'|'.join(cls._AFTER_ESCAPE)})" if value[0].isalnum() else ""
+        end = f"(?!{cls._ALNUM})" if value[-1].isalnum() else ""
+        return f"{start}{re.escape(value)}{end}"
 
     def __call__(self, text: str) -> str:
         text = self._SECRET_QUERY.sub(r"\1***", text)
-        for value in self._values:
-            text = text.replace(value, "***")
-        return text
+        return self._secrets.sub("***", text) if self._secrets else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechani
 
 from pipeline.config import LOCAL_BOOTSTRAP
 from pipeline.model import PipelineError, Secret
+from pipeline.telemetry.logs import with_kafka_logging
 
 HOST = LOCAL_BOOTSTRAP.rsplit(":", 1)[0]
 PORT = int(LOCAL_BOOTSTRAP.rsplit(":", 1)[1])
@@ -196,7 +197,7 @@ class LocalKafka:
         upsert = UserScramCredentialUpsertion(
             sasl.username, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, SCRAM_ITERATIONS),
             sasl.password.reveal().encode())
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient(with_kafka_logging({"bootstrap.servers": self.bootstrap, "log_level": 0}))
         try:
             admin.alter_user_scram_credentials([upsert])[sasl.username].result(timeout=timeout)
         except Exception as exc:  # KafkaException or a timeout: either way the user could not be created
@@ -263,7 +264,7 @@ class LocalKafka:
 
 def _answers(config: dict[str, Any], timeout: float) -> bool:
     try:
-        AdminClient({**config, "log_level": 0}).list_topics(timeout=timeout)
+        AdminClient(with_kafka_logging({**config, "log_level": 0})).list_topics(timeout=timeout)
     except Exception:  # any failure to reach the cluster means "not ready" here
         return False
     return True

@@ -24,6 +24,7 @@ from pipeline.kafka.admin import (
     ensure_topic,
 )
 from pipeline.model import PipelineError
+from pipeline.telemetry.logs import configure_for, with_kafka_logging
 
 # how long the broker may take to answer metadata, create the topic or acknowledge the last message
 TIMEOUT_SECONDS = 30.0
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    configure_for(settings)
     topic = args.topic or next(iter(settings.topics), "")
     if not topic or topic.startswith("^"):
         raise ConfigError(f"KAFKA_TOPICS={','.join(settings.topics)!r} names no topic to produce to; "
@@ -64,7 +66,7 @@ def prepare_topic(config: Mapping[str, str], topic: str, partitions: int) -> Ens
     Also the reachability check: an unreachable broker fails here, within TIMEOUT_SECONDS, with librdkafka's
     reason (refused, DNS, TLS, SASL) in the message instead of a stream of its retry lines on stderr."""
     errors = KafkaErrors()
-    admin = AdminClient({"log_level": 0, **config, "error_cb": errors})
+    admin = AdminClient(with_kafka_logging({"log_level": 0, **config, "error_cb": errors}))
     try:
         return ensure_topic(admin, cluster_metadata(admin, errors, TIMEOUT_SECONDS), topic, partitions,
                             TIMEOUT_SECONDS)
@@ -81,7 +83,7 @@ def prepare_topic(config: Mapping[str, str], topic: str, partitions: int) -> Ens
 def produce_samples(config: Mapping[str, str], topic: str, samples: Iterable[SampleMessage]) -> Counter[str]:
     """Write the samples with an idempotent producer (no duplicates from internal retries) and wait until
     every one is acknowledged; returns the count per sample kind, or raises SampleProduceError."""
-    producer = Producer({**config, "enable.idempotence": True, "linger.ms": 10})
+    producer = Producer(with_kafka_logging({**config, "enable.idempotence": True, "linger.ms": 10}))
     kinds: Counter[str] = Counter()
     failures: list[KafkaError] = []
 

@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, Offset
 from pipeline.config import dead_letter_topic
 from pipeline.kafka.ledger import PartitionKey
 from pipeline.model import PipelineError
+from pipeline.telemetry.logs import with_kafka_logging
 
 ANSWER_MARGIN = 2.0  # seconds a future is awaited beyond its request's own timeout, so the request's error comes first
 
@@ -253,7 +254,7 @@ class BrokerOffsets:
     so a partition's end is where that consumer can read to, as the consumer's own watermarks tell it."""
 
     def __init__(self, config: Mapping[str, Any], group_id: str, timeout: float = 5.0) -> None:
-        self._admin = AdminClient(dict(config))
+        self._admin = AdminClient(with_kafka_logging(config))
         self._group_id = group_id
         self._timeout = timeout
         self._isolation = (IsolationLevel.READ_UNCOMMITTED if config.get("isolation.level") == "read_uncommitted"

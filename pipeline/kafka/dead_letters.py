@@ -28,7 +28,7 @@ from pipeline.kafka.dead_letter_headers import TRUNCATED_HEADER, Headers, contex
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import DeadLetter, PipelineError, Scrubber
 from pipeline.telemetry import metrics
-from pipeline.telemetry.logs import KAFKA_LOGGER, message_fields
+from pipeline.telemetry.logs import message_fields, with_kafka_logging
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ class DeadLetterWriter(Generic[Ticket]):
         self.scrub = Scrubber(settings.secrets())
         self._watch = KafkaWatch(settings.bootstrap_servers)  # says why the admin client cannot get through
         self._errors = admin.KafkaErrors(forward=self._watch.on_error)
-        self._admin = AdminClient({**settings.kafka_client_config(), "logger": KAFKA_LOGGER,
-                                   "error_cb": self._errors})
+        self._admin = AdminClient(with_kafka_logging({**settings.kafka_client_config(), "error_cb": self._errors}))
         self._limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes
         self._producers: dict[int, Producer] = {}  # by topic limit: a producer's sizes are fixed when it is made
         self._refused: list[Letter] = []  # refused as too large; stored cut down outside the delivery callback
@@ -243,16 +242,15 @@ class DeadLetterWriter(Generic[Ticket]):
         """The producer for topics of this size limit; zstd unless the pass-through picks another compression."""
         producer = self._producers.get(limit)
         if producer is None:
-            producer = self._producers[limit] = Producer({
+            producer = self._producers[limit] = Producer(with_kafka_logging({
                 "compression.type": "zstd",
                 **self._settings.kafka_client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 20,
                 "client.id": "segment-wigzo-dlq",
-                "logger": KAFKA_LOGGER,
                 **producer_sizing(limit),
-            })
+            }))
         return producer
 
     # ---- the topics -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pipeline.kafka.parts import Flow, Parts
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Skip
-from pipeline.telemetry.logs import KAFKA_LOGGER
+from pipeline.telemetry.logs import with_kafka_logging
 from pipeline.wigzo.chain import Chain
 from pipeline.wigzo.client import WigzoClient
 from pipeline.wigzo.policy import DeliveryPolicy
@@ -57,7 +57,7 @@ def build_pipeline(settings: Settings, assignment: Assignment, *,
         executor=OrderedExecutor(settings.max_in_flight, policy.stall_after),
         shutdown=shutdown,
     )
-    highs = LatestHighs(BrokerOffsets({**settings.kafka_client_config(), "logger": KAFKA_LOGGER}, settings.group_id))
+    highs = LatestHighs(BrokerOffsets(settings.kafka_client_config(), settings.group_id))
     return Pipeline(parts, assignment, Flow.from_settings(settings), reader=reader, commit=commit,
                     watch=KafkaWatch(settings.bootstrap_servers, stall_after=settings.kafka_stall_seconds),
                     highs=highs)
@@ -78,13 +78,12 @@ def _return_large_allocations() -> None:
 def consumer_config(settings: Settings, pipeline: Pipeline, group_id: str | None = None) -> dict[str, Any]:
     """The pipeline's callbacks (errors, statistics for hung brokers, commit answers), the prefetch sized from
     the memory budget, then the user's settings, then what correctness needs."""
-    return {
+    return with_kafka_logging({
         "group.id": group_id or settings.group_id,
         "error_cb": pipeline.watch.on_error,
         "stats_cb": pipeline.watch.on_stats,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
         "on_commit": pipeline.commit_answered,
-        "logger": KAFKA_LOGGER,
         "auto.offset.reset": settings.auto_offset_reset,
         "client.id": "segment-wigzo",
         **settings.consumer_prefetch(),
@@ -93,7 +92,7 @@ def consumer_config(settings: Settings, pipeline: Pipeline, group_id: str | None
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
-    }
+    })
 
 
 def run_pipeline(pipeline: Pipeline, settings: Settings, *, group_id: str | None = None,

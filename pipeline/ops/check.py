@@ -34,6 +34,7 @@ from pipeline.kafka.admin import (
 )
 from pipeline.kafka.assignment import GroupSubscription
 from pipeline.model import PipelineError, Scrubber
+from pipeline.telemetry.logs import configure_for, with_kafka_logging
 from pipeline.wigzo.filters import describe as describe_filters
 
 KAFKA_TIMEOUT = 8.0  # seconds per broker request: an unreachable broker fails its row within ~10 s
@@ -99,7 +100,7 @@ class KafkaProbe:
         self.errors = KafkaErrors()
         # log_level 0: the reasons arrive through error_cb and go into the table, not as stderr noise
         self.config: dict[str, Any] = {"log_level": 0, **settings.kafka_client_config()}
-        self.admin = AdminClient({**self.config, "error_cb": self.errors})
+        self.admin = AdminClient(with_kafka_logging({**self.config, "error_cb": self.errors}))
 
     def metadata(self) -> ClusterMetadata:
         """Every topic's metadata; gives up early once librdkafka reports every broker down (refused, DNS),
@@ -292,6 +293,7 @@ def run_checks(args: argparse.Namespace) -> tuple[list[Row], Scrubber]:
     settings, configuration = check_configuration(args)
     if settings is None:
         return [configuration, *skipped(CHECKS[1:], "the configuration is invalid")], Scrubber(())
+    configure_for(settings)
     scrub = Scrubber(settings.secrets())
     return [configuration, *kafka_rows(settings), check_wigzo(settings), check_token(settings)], scrub
 

@@ -1,9 +1,10 @@
 """`wigzo-pipeline dlq summary|show`: what is in the dead-letter topic, without changing anything.
 
-It reads from the start of each partition to its end as of now under manual assignment, in no consumer group
-and committing nothing, so it can run while the pipeline runs and never moves redrive's cursor. Dead letters
-carry original payloads, which may hold anything: every line printed goes through the Scrubber with the
-configured tokens (and Kafka credentials).
+It names topics as `run` does: the source topics with --topics (KAFKA_TOPICS), whose dead letters it reads, or
+the dead-letter topic itself with --dlq-topic (DLQ_TOPIC). It reads from the start of each partition to its end
+as of now under manual assignment, in no consumer group and committing nothing, so it can run while the pipeline
+runs and never moves redrive's cursor. Dead letters carry original payloads, which may hold anything: every line
+printed goes through the Scrubber with the configured tokens (and Kafka credentials).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import closing
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.config import Settings, add_options, dead_letter_topic, load_settings
+from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.admin import (
     KafkaErrors,
     KafkaUnreachable,
@@ -28,6 +29,7 @@ from pipeline.kafka.admin import (
 from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
 from pipeline.model import STAGES, PipelineError, Scrubber
 from pipeline.ops.lookups import LOOKUP_TIMEOUT, lookup_offsets, parse_time, watermarks
+from pipeline.telemetry.logs import configure_for, with_kafka_logging
 
 PREVIEW_CHARS = 200
 STALL_SECONDS = 30.0  # no progress for this long while letters remain: give up rather than hang
@@ -41,10 +43,10 @@ class DeadLetterReader:
         self.topic = topic
         self._errors = KafkaErrors()
         # log_level 0: why the broker is unreachable comes through error_cb into one message, not stderr noise
-        self._consumer = Consumer({"log_level": 0, **settings.kafka_client_config(),
-                                   "group.id": f"{settings.group_id}.dlq-inspect", "enable.auto.commit": False,
-                                   "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                                   "error_cb": self._errors})
+        self._consumer = Consumer(with_kafka_logging({
+            "log_level": 0, **settings.kafka_client_config(), "group.id": f"{settings.group_id}.dlq-inspect",
+            "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "error_cb": self._errors}))
         try:
             self.ends = self._ranges(settings)
         except BaseException:
@@ -58,7 +60,8 @@ class DeadLetterReader:
             return watermarks(lookup_offsets(settings), self.topic, partitions)
         except TopicNotFound:
             raise PipelineError(f"dead-letter topic {self.topic!r} does not exist: either nothing was dead-lettered "
-                                "yet, or it has another name; choose it with --topic (or DLQ_TOPIC)") from None
+                                "yet, or it has another name; name the source topics with --topics (KAFKA_TOPICS), "
+                                "or the dead-letter topic itself with --dlq-topic (DLQ_TOPIC)") from None
         except KafkaUnreachable as exc:
             reason, fix = exc.reason, exc.fix
         except KafkaException as exc:  # the broker went away between the two questions
@@ -208,28 +211,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for sub in (summary, detail):
         add_options(sub, {"bootstrap_servers", "topics", "group_id", "dlq_topic", "wigzo_org_token",
                           "wigzo_api_token", "kafka_config"})
-        sub.add_argument("--topic", metavar="DLQ", help="dead-letter topic to read (default: DLQ_TOPIC, else that "
-                                                        "of the first KAFKA_TOPICS entry)")
+        # once the dead-letter topic, while `replay` and `produce-sample` take a source topic by that name
+        sub.add_argument("--topic", dest="ambiguous_topic", help=argparse.SUPPRESS)
     detail.add_argument("--stage", choices=STAGES, help="only letters of this stage")
     detail.add_argument("--error-class", help=f"only letters whose {HEADER_PREFIX}class is this")
-    detail.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="show at most N letters "
-                                                                                     "(default 20)")
+    detail.add_argument("--limit", type=_positive_int, default=20, metavar="N",
+                        help="show at most N letters of each dead-letter topic (default 20)")
+
+
+def refuse_ambiguous_topic(topic: str) -> None:
+    """`--topic` named the dead-letter topic here and a source topic elsewhere: say which option means which."""
+    raise PipelineError(f"--topic is ambiguous: to read the dead letters of source topic {topic!r} type "
+                        f"--topics {topic} (they are in {topic}.dlq unless DLQ_TOPIC says otherwise); if {topic!r} "
+                        f"is the dead-letter topic itself, type --dlq-topic {topic}")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.ambiguous_topic is not None:
+        refuse_ambiguous_topic(args.ambiguous_topic)
     settings = load_settings(args)
-    topic = args.topic or dead_letter_topic(settings.topics[0], settings.dlq_topic)
-    if not topic:
-        raise PipelineError("KAFKA_TOPICS starts with a pattern: name the dead-letter topic with --topic "
-                            "(or DLQ_TOPIC)")
+    configure_for(settings)
     scrub = Scrubber(settings.secrets())
 
     def emit(line: str) -> None:
         print(scrub(line))
 
-    with closing(DeadLetterReader(settings, topic)) as reader:
-        if args.action == "summary":
-            summarize(reader, emit)
-        else:
-            show(reader, emit, scrub, stage=args.stage, error_class=args.error_class, limit=args.limit)
+    for number, topic in enumerate(settings.dead_letter_topics()):
+        if number:
+            emit("")
+        with closing(DeadLetterReader(settings, topic)) as reader:
+            if args.action == "summary":
+                summarize(reader, emit)
+            else:
+                show(reader, emit, scrub, stage=args.stage, error_class=args.error_class, limit=args.limit)
     return 0

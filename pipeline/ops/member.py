@@ -16,7 +16,6 @@ from pipeline.kafka.runner import build_pipeline, run_pipeline
 from pipeline.kafka.status import Status
 from pipeline.model import PipelineError
 from pipeline.ops.member_health import MemberHealth
-from pipeline.telemetry.logs import KAFKA_LOGGER
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ class BatchRunFailed(PipelineError):
 
 def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
     """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health)."""
-    offsets = (BrokerOffsets({**settings.kafka_client_config(), "logger": KAFKA_LOGGER}, settings.group_id)
+    offsets = (BrokerOffsets(settings.kafka_client_config(), settings.group_id)
                if quiet_seconds is not None else None)  # only a batch run asks whether it is caught up
     subscription = GroupSubscription(settings.topics, settings.dlq_topic, offsets)
     try:

@@ -1,7 +1,8 @@
 """`wigzo-pipeline redrive`: reprocess dead letters through the current code and configuration.
 
-It reads the dead-letter topic under manual assignment up to its end as of now, and keeps its own cursor
-in the group `<group>.redrive`, so a second redrive does not send the same dead letters again.
+It reads the dead-letter topic of each source topic (--topics, KAFKA_TOPICS; or the one --dlq-topic, DLQ_TOPIC,
+names) under manual assignment up to its end as of now, and keeps its own cursor in the group `<group>.redrive`,
+so a second redrive does not send the same dead letters again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from confluent_kafka import Message
 
 from pipeline.config import Settings, add_options, load_settings
 from pipeline.kafka.dead_letter_headers import HEADER_PREFIX, error_headers
-from pipeline.model import STAGES, Skip
+from pipeline.model import STAGES, PipelineError, Skip
 from pipeline.ops.lookups import (
     Ranges,
     lookup_offsets,
@@ -75,8 +76,7 @@ def redrive_ranges(settings: Settings, dlq_topic: str, group: str) -> Ranges:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser)
-    parser.add_argument("--from-topic", metavar="DLQ", help="dead-letter topic to read (default: that of the "
-                                                            "first KAFKA_TOPICS entry)")
+    parser.add_argument("--from-topic", dest="from_topic", help=argparse.SUPPRESS)  # the old name of --dlq-topic
     parser.add_argument("--stage", choices=STAGES, help="only dead letters of this stage")
     parser.add_argument("--error-class", help=f"only dead letters whose {HEADER_PREFIX}class is this")
     parser.add_argument("--failed-since", metavar="ISO_TIME", help="only dead letters that last failed since")
@@ -86,15 +86,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a new name re-reads the whole dead-letter topic")
 
 
+def take_old_topic_name(args: argparse.Namespace) -> None:
+    """`--from-topic` named the dead-letter topic to read, as `--dlq-topic` does: it stays a spelling of that."""
+    if args.from_topic is None:
+        return
+    if args.dlq_topic is not None and args.dlq_topic != args.from_topic:
+        raise PipelineError(f"--from-topic is the old name of --dlq-topic, and they disagree ({args.from_topic!r} "
+                            f"vs {args.dlq_topic!r}): give the dead-letter topic once, as --dlq-topic")
+    args.dlq_topic = args.from_topic
+
+
 def main(args: argparse.Namespace) -> int:
+    take_old_topic_name(args)
     settings = load_settings(args)
     configure_for(settings)
-    dlq_topic = args.from_topic or settings.dlq_topic_for(settings.topics[0])
+    dlq_topics = settings.dead_letter_topics()
     group = args.redrive_group or f"{settings.group_id}.redrive"
     select = RedriveFilter(args.stage, args.error_class,
                            parse_time(args.failed_since) if args.failed_since else None,
                            parse_time(args.failed_until) if args.failed_until else None)
-    ranges = redrive_ranges(settings, dlq_topic, group)
+    ranges = {key: span for topic in dlq_topics for key, span in redrive_ranges(settings, topic, group).items()}
     print_ranges(ranges)
     pipeline = run_range(settings, ranges, group, commit=True, reader=select)
-    return report(f"redrive of {dlq_topic} finished", pipeline)
+    return report(f"redrive of {', '.join(dlq_topics)} finished", pipeline)

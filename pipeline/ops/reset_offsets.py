@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.config import add_options, load_settings
 from pipeline.model import PipelineError
 from pipeline.ops.lookups import lookup_offsets, offsets_at, parse_time, watermarks
+from pipeline.telemetry.logs import configure_for, with_kafka_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    admin = AdminClient(settings.kafka_client_config())
+    configure_for(settings)
+    admin = AdminClient(with_kafka_logging(settings.kafka_client_config()))
     group = settings.group_id
     description = admin.describe_consumer_groups([group])[group].result(timeout=15)
     if description.members:

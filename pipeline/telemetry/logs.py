@@ -1,9 +1,11 @@
 """Logging, set up one way for every command: JSON lines for machines, text for people, one format for all.
 
-librdkafka's own lines come through the `librdkafka` logger (confluent-kafka's `logger` setting), so they
-share the format, and a broker that refuses connections many times a second yields one line a minute per
-kind instead of a flood. Every line passes the secret scrubber. Lines about a message carry its
-coordinates as fields (`log.info(..., extra=message_fields(message))`), never its payload.
+librdkafka's own lines come through the `librdkafka` logger: every Kafka client is made with
+`with_kafka_logging(config)`, which sets confluent-kafka's `logger`, so its lines share the format instead of
+reaching stderr raw, a broker that refuses connections many times a second yields one line a minute per kind
+instead of a flood, and a coordinator still loading (which librdkafka retries by itself) is only DEBUG. Every
+line passes the secret scrubber. Lines about a message carry its coordinates as fields
+(`log.info(..., extra=message_fields(message))`), never its payload.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,9 @@ from pipeline.config import Settings
 from pipeline.model import Scrubber, Secret
 
 KAFKA_LOGGER = logging.getLogger("librdkafka")
+# Broker answers librdkafka retries by itself, which a fresh broker or group coordinator gives while it starts
+# (e.g. "Failed to acquire idempotence PID from broker ...: Coordinator load in progress: retrying").
+TRANSIENT_KAFKA_ANSWERS = ("Coordinator load in progress", "Coordinator not available")
 REPEAT_WINDOW = 60.0
 CONTEXT_FIELDS = ("topic", "partition", "offset", "message_id")
 _VARYING = re.compile(r"\d+")
@@ -32,6 +37,24 @@ def message_fields(topic: str | None, partition: int | None, offset: int | None,
     """The `extra` that gives a log line its message's coordinates."""
     fields = {"topic": topic, "partition": partition, "offset": offset, "message_id": message_id}
     return {name: value for name, value in fields.items() if value is not None}
+
+
+class LibrdkafkaLog:
+    """confluent-kafka's `logger`: it calls `log(level, "%s [%s] %s", facility, client, text)` for each line."""
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level > logging.DEBUG and any(answer in str(arg) for arg in args for answer in TRANSIENT_KAFKA_ANSWERS):
+            level = logging.DEBUG
+        KAFKA_LOGGER.log(level, msg, *args)
+
+
+LIBRDKAFKA_LOG = LibrdkafkaLog()
+
+
+def with_kafka_logging(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` for a new librdkafka client, with its log lines routed into this logging; every client the
+    pipeline makes is made with it. (An admin client's lines wait until it is polled: none reach stderr raw.)"""
+    return {**config, "logger": LIBRDKAFKA_LOG}
 
 
 class JsonFormatter(logging.Formatter):

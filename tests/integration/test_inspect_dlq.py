@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.cli import main as cli
 from pipeline.dev.samples import SampleMessage, SampleStream
@@ -85,6 +86,7 @@ def test_summary_counts_match_the_dead_letters_in_the_topic(
     per_source = Counter((c["topic"], c["partition"]) for c in contexts)
     for (topic, partition), count in per_source.items():
         assert re.search(rf"^  {re.escape(topic)}\s+{partition}\s+{count}$", out, re.MULTILINE), out
+    assert letters.cli(capsys, "summary", "--dlq-topic", f"{letters.topic}.dlq") == out, "the same topic, named"
 
 
 def test_show_prints_the_chosen_letters_with_their_context(
@@ -124,5 +126,25 @@ def test_show_escapes_bytes_that_are_not_printable(letters: Letters, capsys: pyt
 
 def test_a_missing_dead_letter_topic_is_a_clear_error(
         kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["dlq", "summary", "--bootstrap-servers", kafka_bootstrap, "--topic", "no-such-topic.dlq"]) == 2
-    assert "dead-letter topic 'no-such-topic.dlq' does not exist" in capsys.readouterr().err
+    assert cli(["dlq", "summary", "--bootstrap-servers", kafka_bootstrap, "--dlq-topic", "no-such-topic.dlq"]) == 2
+    err = capsys.readouterr().err
+    assert "dead-letter topic 'no-such-topic.dlq' does not exist" in err
+    assert "--topics" in err and "--dlq-topic" in err
+
+
+def test_every_source_topics_dead_letters_are_read(
+        kafka_bootstrap: str, kafka_admin: AdminClient, make_topic: TopicFactory,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    orders, clicks = make_topic(partitions=1), make_topic(partitions=1)
+    created = kafka_admin.create_topics([NewTopic(f"{source}.dlq", num_partitions=1, replication_factor=1)
+                                         for source in (orders, clicks)])
+    for future in created.values():
+        future.result(timeout=30)
+    produce(kafka_bootstrap, f"{orders}.dlq", [SampleMessage(b"k", b"{}", "letter")] * 2)
+    produce(kafka_bootstrap, f"{clicks}.dlq", [SampleMessage(b"k", b"{}", "letter")] * 3)
+
+    assert cli(["dlq", "summary", "--bootstrap-servers", kafka_bootstrap, "--topics", f"{orders},{clicks}"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"dead-letter topic {orders}.dlq: 2 letter(s)" in out
+    assert f"dead-letter topic {clicks}.dlq: 3 letter(s)" in out

@@ -125,6 +125,71 @@ def test_a_client_resetting_a_pipelined_burst_leaves_the_sandbox_quiet(tls_sandb
     assert [record.getMessage() for record in caplog.records if record.name == "asyncio"] == []
 
 
+QUIET_LINE = "connection ended before it was served"
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset instead of a FIN, as a client that crashed or gave up does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _client_hello(host: str, ca_pem: str) -> bytes:
+    """The first flight of a real TLS handshake, to leave the sandbox mid-handshake."""
+    outgoing = ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=ca_pem).wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=host)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_clients_resetting_at_any_point_cost_a_quiet_line_each_and_no_traceback(
+        ca: trustme.CA, ca_pem: str, tmp_path: Path) -> None:
+    """asyncio's debug mode (PYTHONASYNCIODEBUG, python -X dev) printed a traceback for every client that reset
+    or failed during the TLS handshake; without it asyncio says nothing. Each reset case, in debug mode."""
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    process, url = start_cli("--tls-cert", str(cert_file), "--tls-key", str(key_file),
+                             env={"WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN, "PYTHONASYNCIODEBUG": "1"})
+    stderr: list[str] = []
+    assert process.stderr is not None
+    reader = threading.Thread(target=lambda: stderr.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    host, port = url.removeprefix("https://").split(":")
+    control = SandboxControl(url, ca_bundle=ca_pem)
+    context = ssl.create_default_context(cafile=ca_pem)
+    try:
+        # during the TLS handshake: before it starts, halfway through it, and a plain HTTP request instead
+        for first_bytes in (b"", _client_hello(host, ca_pem), identify_bytes("plain-http")):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(first_bytes)
+            _reset(sock)
+        # asyncio's own report of one, which the sandbox replaces, starts with "Error on transport creation"
+        wait_for(lambda: sum(QUIET_LINE in line or "Error on transport creation" in line for line in stderr) == 3,
+                 10, "the sandbox to report each reset handshake")
+        # mid-request body, and mid-response: the request read, its answer delayed
+        control.set_faults(latency_ms=2000)
+        for key, request in (("mid-body", identify_bytes("mid-body")[:-5]),
+                             ("mid-response", identify_bytes("mid-response"))):
+            tls = context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=host)
+            tls.sendall(request)
+            if key == "mid-response":
+                wait_for(lambda: [a["idempotency_key"] for a in control.attempts()] == [key], 10, "the request")
+            else:
+                wait_for(lambda: control.stats()["connections_open"] == 2, 10, "the connection to be served")
+            _reset(tls)
+            wait_for(lambda: control.stats()["connections_open"] == 1, 10, "the sandbox to see the reset")
+    finally:
+        control.close()
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        reader.join(timeout=10)
+    assert not [line for line in stderr if "Traceback" in line], "".join(stderr)
+    assert sum(QUIET_LINE in line for line in stderr) == 3, "".join(stderr)
+
+
 def test_the_command_serves_https_with_tls_flags(ca: trustme.CA, ca_pem: str, tmp_path: Path) -> None:
     cert = ca.issue_cert("127.0.0.1")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"

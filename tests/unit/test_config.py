@@ -27,6 +27,21 @@ def test_defaults_without_environment() -> None:
     assert settings.dlq_topic_for("events") == "events.dlq"
 
 
+@pytest.mark.parametrize(("topics", "dlq_topic", "expected"), [
+    (("orders",), "", ["orders.dlq"]),
+    (("orders", "clicks", "orders"), "", ["orders.dlq", "clicks.dlq"]),
+    (("orders", "^clicks-.*"), "failed", ["failed"]),
+])
+def test_the_dead_letter_topics_the_sources_write_to(topics: tuple[str, ...], dlq_topic: str,
+                                                     expected: list[str]) -> None:
+    assert Settings(topics=topics, dlq_topic=dlq_topic).dead_letter_topics() == expected
+
+
+def test_a_pattern_source_without_dlq_topic_has_no_dead_letter_topic_to_read() -> None:
+    with pytest.raises(ConfigError, match=r"name one with DLQ_TOPIC \(--dlq-topic\)"):
+        Settings(topics=("^clicks-.*",)).dead_letter_topics()
+
+
 def test_environment_then_flag_precedence() -> None:
     env = {"KAFKA_TOPICS": "a, b", "WIGZO_MAX_IN_FLIGHT": "16", "KAFKA_GROUP_ID": "from-env"}
     settings = load_settings(_args("--group-id", "from-flag"), environ=env)

@@ -233,3 +233,51 @@ def test_the_pods_memory_and_the_members_budget_agree() -> None:
     members = settings.workers * settings.memory_budget_mb
     assert _mebibytes(resources["requests"]["memory"]) == members
     assert members <= 0.75 * _mebibytes(resources["limits"]["memory"])
+
+
+# ---- autoscaling with KEDA (deploy/keda: the manifests above plus a ScaledObject) ----
+
+KEDA = ROOT / "deploy" / "keda"
+KEDA_KUSTOMIZATION = yaml.safe_load((KEDA / "kustomization.yaml").read_text())
+(SCALED_OBJECT,) = [doc for doc in yaml.safe_load_all((KEDA / "scaledobject.yaml").read_text()) if doc]
+TRIGGERS = SCALED_OBJECT["spec"]["triggers"]
+
+
+def test_the_keda_overlay_adds_the_scaled_object_and_hands_it_the_replica_count() -> None:
+    assert KEDA_KUSTOMIZATION["resources"] == ["../kubernetes", "scaledobject.yaml"]
+    (patch,) = KEDA_KUSTOMIZATION["patches"]
+    assert patch["target"] == {"kind": "Deployment", "name": DEPLOYMENT["metadata"]["name"]}
+    assert yaml.safe_load(patch["patch"]) == [{"op": "remove", "path": "/spec/replicas"}]
+    assert "replicas" in DEPLOYMENT["spec"], "removing a field that is not there fails the patch"
+
+
+def test_keda_scales_the_deployment_on_its_own_groups_lag_on_its_own_topics() -> None:
+    settings = _settings()
+    assert SCALED_OBJECT["apiVersion"] == "keda.sh/v1alpha1" and SCALED_OBJECT["kind"] == "ScaledObject"
+    assert SCALED_OBJECT["spec"]["scaleTargetRef"] == {"name": DEPLOYMENT["metadata"]["name"]}
+    assert SCALED_OBJECT["metadata"]["labels"] == DEPLOYMENT["metadata"]["labels"]
+    assert all(trigger["type"] == "kafka" for trigger in TRIGGERS)
+    assert sorted(trigger["metadata"]["topic"] for trigger in TRIGGERS) == sorted(settings.topics), \
+        "one trigger per KAFKA_TOPICS entry (a ^pattern cannot be a trigger's topic)"
+    for trigger in TRIGGERS:
+        metadata = trigger["metadata"]
+        assert metadata["bootstrapServers"] == settings.bootstrap_servers
+        assert metadata["consumerGroup"] == settings.group_id
+        assert metadata["offsetResetPolicy"] == settings.auto_offset_reset, "KEDA's default (latest) is not ours"
+        assert int(metadata["lagThreshold"]) > 0
+
+
+def test_keda_never_runs_more_replicas_than_the_topic_has_partitions() -> None:
+    partitions = int(SCALED_OBJECT["metadata"]["annotations"]["wigzo-pipeline/topic-partitions"])
+    spec = SCALED_OBJECT["spec"]
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
+    assert all(str(trigger["metadata"].get("allowIdleConsumers", "false")).lower() == "false" for trigger in TRIGGERS)
+
+
+def test_keda_reaches_kafka_as_the_pipeline_does() -> None:
+    """The manifests use a PLAINTEXT listener, so the scaler needs no credentials; a ConfigMap that turns SASL or
+    TLS on needs the trigger's `sasl`/`tls` and the TriggerAuthentication docs/deployment.md shows."""
+    protocol = str(_settings().kafka_config.get("security.protocol", "plaintext")).lower()
+    assert protocol == "plaintext", "add sasl, tls and a TriggerAuthentication to the ScaledObject (docs/deployment.md)"
+    for trigger in TRIGGERS:
+        assert not {"sasl", "tls"} & set(trigger["metadata"]) and "authenticationRef" not in trigger

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Producer
 
 from pipeline.kafka.watch import SUMMARY_INTERVAL, KafkaAccessError, KafkaWatch
 from pipeline.model import Scrubber, Secret
-from pipeline.telemetry.logs import JsonFormatter, RepeatFilter, TextFormatter, message_fields
+from pipeline.telemetry.logs import (
+    LIBRDKAFKA_LOG,
+    JsonFormatter,
+    RepeatFilter,
+    TextFormatter,
+    message_fields,
+    with_kafka_logging,
+)
 from pipeline.telemetry.probes import LIVENESS_BOUND, ProbeApp
 from tests.fakes.clock import SimulatedClock
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-3f9a"
 
 
@@ -198,3 +209,51 @@ def test_metrics_are_served_and_unknown_paths_say_where_to_look() -> None:
     assert status == "200 OK" and b"wigzo_pipeline_outcomes_total" in body
     status, body = _call(app, "/nope")
     assert status.startswith("404") and b"/metrics" in body
+
+
+GETPID_LINE = ("[thrd:main]: Failed to acquire idempotence PID from broker 127.0.0.1:19092/1: "
+               "Broker: Coordinator load in progress: retrying")
+
+
+@pytest.mark.parametrize(("level", "text", "expected"), [
+    (logging.WARNING, GETPID_LINE, logging.DEBUG),
+    (logging.WARNING, "[thrd:main]: FindCoordinator response error: Coordinator not available", logging.DEBUG),
+    (logging.ERROR, "[thrd:127.0.0.1:1/bootstrap]: Connect to ipv4#127.0.0.1:1 failed", logging.ERROR),
+    (logging.INFO, "[thrd:main]: some other line", logging.INFO),
+])
+def test_librdkafka_lines_keep_their_level_but_a_loading_coordinator_is_debug(
+        level: int, text: str, expected: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="librdkafka")
+    LIBRDKAFKA_LOG.log(level, "%s [%s] %s", "GETPID", "rdkafka#producer-3", text)
+    [record] = [r for r in caplog.records if r.name == "librdkafka"]
+    assert record.levelno == expected and record.getMessage() == f"GETPID [rdkafka#producer-3] {text}"
+
+
+def test_a_client_made_with_kafka_logging_logs_through_logging_not_raw_to_stderr(
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG, logger="librdkafka")
+    producer = Producer(with_kafka_logging({"bootstrap.servers": "127.0.0.1:1", "reconnect.backoff.ms": 10}))
+    deadline = time.monotonic() + 10
+    while not any(r.name == "librdkafka" for r in caplog.records) and time.monotonic() < deadline:
+        producer.poll(0.1)
+    assert any("127.0.0.1:1" in r.getMessage() for r in caplog.records if r.name == "librdkafka")
+    assert "|FAIL|" not in capfd.readouterr().err, "no line in librdkafka's own stderr format"
+
+
+def _client_calls(tree: ast.AST) -> Iterator[ast.Call]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in ("Consumer", "Producer", "AdminClient"):
+            yield node
+
+
+def test_every_kafka_client_the_package_makes_logs_through_the_one_helper() -> None:
+    """`with_kafka_logging` (directly, or through runner.consumer_config, which returns it) for every client."""
+    made_with = {"with_kafka_logging", "consumer_config"}
+    bare = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        for call in _client_calls(ast.parse(path.read_text(), str(path))):
+            config = call.args[0] if call.args else None
+            if not (isinstance(config, ast.Call) and isinstance(config.func, ast.Name) and config.func.id in made_with):
+                bare.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+    assert bare == []

@@ -11,8 +11,10 @@ import threading
 from dataclasses import fields
 from typing import Any
 
+from pipeline.config import Settings
 from pipeline.dev.sandbox.server import SandboxServer
 from pipeline.dev.sandbox.wigzo_rules import Faults, SandboxError
+from pipeline.telemetry.logs import configure_logging
 
 
 def _names(text: str) -> list[str]:
@@ -59,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SandboxError("pass both --tls-cert and --tls-key to serve HTTPS, or neither for HTTP")
     ssl_context = _ssl_context_from(args.tls_cert, args.tls_key) if args.tls_cert else None
+    defaults = Settings()
+    configure_logging(defaults.log_level, defaults.log_format)  # the pipeline's format, for its few lines
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -3,16 +3,21 @@ of `Wigzo`, serving from a background thread.
 
 It is not `http.server`, so that injected latency and hanging requests hold no threads, and so that the
 sandbox is never the bottleneck of a benchmark (bench/bench_sandbox.py: ~36k requests/s on 2 cores).
-``SandboxServer(..., ssl_context=...)`` serves HTTPS instead.
+``SandboxServer(..., ssl_context=...)`` serves HTTPS instead. A client that resets its connection, at any point,
+costs at most one quiet log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
+from typing import Any
 
 from pipeline.dev.sandbox.wigzo_rules import HANG, Answer, Faults, Request, SandboxError, Wigzo, error_answer
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -30,6 +35,17 @@ def _encode(answer: Answer, keep_alive: bool) -> bytes:
             f"Content-Type: application/json\r\nContent-Length: {len(answer.payload)}\r\n"
             f"{answer.extra_headers}{retry_after}{closing}\r\n")
     return head.encode("latin-1") + answer.payload
+
+
+def _quiet_client_resets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A client that resets or botches its connection before it is served (during the TLS handshake: the reset,
+    a plain HTTP request, an untrusted certificate) is the client's business: one quiet line, not the traceback
+    asyncio's debug mode (PYTHONASYNCIODEBUG, python -X dev) prints for it. Anything else goes to asyncio."""
+    exc = context.get("exception")
+    if isinstance(exc, ConnectionError | ssl.SSLError):
+        log.info("a client's connection ended before it was served (%s: %s)", type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
 
 
 class _Connection(asyncio.Protocol):
@@ -157,6 +173,7 @@ class SandboxServer:
         self._ssl_context = ssl_context
         self._wigzo = Wigzo(org_token, api_token or None, faults or Faults())
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_quiet_client_resets)
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
