@@ -1,8 +1,8 @@
 """`wigzo-pipeline`: one console script, one subcommand per job.
 
 Each subcommand is a module with `add_arguments(parser)` and `main(args)`. Only the chosen command's
-module is imported, so `run` in production never loads the development tooling (sandbox, local Kafka,
-samples, demo). This file wires them together and turns user errors into messages.
+module is imported, so `run` in production never loads the development tooling (sandbox, local Kafka, local
+schema registry, samples, demo). This file wires them together and turns user errors into messages.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("pipeline.ops.inspect_dlq", "summarize or show the dead letters in the dead-letter topic (read-only)"),
     "sandbox": ("pipeline.dev.sandbox.command", "serve the Wigzo sandbox (a local stand-in for Wigzo)"),
     "kafka": ("pipeline.dev.local_kafka", "start, stop or check the project's local Kafka"),
+    "registry": ("pipeline.dev.local_registry",
+                 "start, stop or check the project's local schema registry (Apicurio, Confluent-compatible)"),
     "demo": ("pipeline.dev.demo", "run the whole pipeline on local Kafka + sandbox + sample events, and report"),
     "produce-sample": ("pipeline.dev.produce_sample", "produce the seeded sample event stream to a topic on any Kafka"),
 }

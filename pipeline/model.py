@@ -10,7 +10,8 @@ route every message to exactly one `Outcome` without try/except around the hot p
 Errors a user can act on are `PipelineError`s; the CLI prints their message and exits 2. Its subclasses:
 `ConfigError` (pipeline.config), `SchemaRegistryUnavailable` (pipeline.contract.registry),
 `DeadLetterWriteError` (pipeline.kafka.dead_letters), `KafkaUnreachable`, `TopicNotFound` and `TopicCreateError`
-(pipeline.kafka.admin), `LocalKafkaError` and `SandboxError` (pipeline.dev).
+(pipeline.kafka.admin), `LocalServiceError` (`LocalKafkaError`, `LocalRegistryError`) and `SandboxError`
+(pipeline.dev).
 
 Credentials travel as `Secret` and every text that may echo one goes through `Scrubber`.
 """

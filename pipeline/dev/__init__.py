@@ -1,1 +1,2 @@
-"""Development tooling, off the production path: the Wigzo sandbox, sample events, the local Kafka, the demo."""
+"""Development tooling, off the production path: the Wigzo sandbox, sample events, the local Kafka, the local schema
+registry, the demo."""

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -26,7 +25,8 @@ from typing import Any
 from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
 
 from pipeline.config import LOCAL_BOOTSTRAP
-from pipeline.model import PipelineError, Secret
+from pipeline.dev.jvm_process import Daemon, LocalServiceError, java, run_maven
+from pipeline.model import Secret
 from pipeline.telemetry.logs import with_kafka_logging
 
 HOST = LOCAL_BOOTSTRAP.rsplit(":", 1)[0]
@@ -40,7 +40,7 @@ SASL_PASSWORD = Secret("wigzo-dev-password")
 SCRAM_ITERATIONS = 4096  # the minimum Kafka accepts for SCRAM-SHA-256
 
 
-class LocalKafkaError(PipelineError):
+class LocalKafkaError(LocalServiceError):
     """The local broker could not be provisioned, started or stopped; the message says what to do."""
 
 
@@ -88,7 +88,7 @@ class BrokerFiles:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.libs, self.data_dir = home / "libs", home / "data"
-        self.pid_file, self.log_file = home / "broker.pid", home / "broker.log"
+        self.daemon = Daemon("broker", home / "broker.pid", home / "broker.log")
 
     def install(self) -> bool:
         """Resolve the broker's jars unless the cache already matches the pom; True if it downloaded."""
@@ -97,32 +97,16 @@ class BrokerFiles:
         digest = hashlib.sha256(pom).hexdigest()
         if marker.exists() and marker.read_text() == digest:
             return False
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise LocalKafkaError("Maven ('mvn') is not on PATH: install it (apt-get install maven) "
-                                  "or point KAFKA_BOOTSTRAP_SERVERS at an existing Kafka")
         self.home.mkdir(parents=True, exist_ok=True)
         pom_path = self.home / "pom.xml"
         pom_path.write_bytes(pom)
         shutil.rmtree(self.libs, ignore_errors=True)
-        result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom_path), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise LocalKafkaError("Maven could not resolve org.apache.kafka:kafka_2.13 from Maven Central:\n"
-                                  + (result.stdout + result.stderr)[-2000:])
+        run_maven(["-f", str(pom_path), "dependency:copy-dependencies", f"-DoutputDirectory={self.libs}",
+                   "-DincludeScope=runtime"],
+                  failure="Maven could not resolve org.apache.kafka:kafka_2.13 from Maven Central",
+                  alternative="point KAFKA_BOOTSTRAP_SERVERS at an existing Kafka")
         marker.write_text(digest)
         return True
-
-    @staticmethod
-    def java() -> str:
-        java_home = os.environ.get("JAVA_HOME")
-        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-        if not java or not Path(java).exists():
-            raise LocalKafkaError("Java 17+ is needed for the local Kafka: install a JDK or set JAVA_HOME")
-        return java
 
     def classpath(self) -> str:
         return str(self.libs / "*")
@@ -140,18 +124,12 @@ class BrokerFiles:
         if (self.data_dir / "meta.properties").exists():
             return
         result = subprocess.run(
-            [self.java(), "-cp", self.classpath(), "kafka.tools.StorageTool", "format",
+            [java(), "-cp", self.classpath(), "kafka.tools.StorageTool", "format",
              "-t", str(uuid.uuid4()).replace("-", "")[:22], "-c", str(config)],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
             raise LocalKafkaError(f"formatting the KRaft storage failed:\n{result.stdout}{result.stderr}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no broker log)"
 
 
 @dataclass(frozen=True)
@@ -173,12 +151,7 @@ class LocalKafka:
 
     def pid(self) -> int | None:
         """The broker's pid if it is running, from the pid file."""
-        try:
-            pid = int(self.files.pid_file.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
-        return pid
+        return self.files.daemon.pid()
 
     def answers(self, timeout: float = 2.0) -> bool:
         return _answers({"bootstrap.servers": self.bootstrap}, timeout)
@@ -202,7 +175,7 @@ class LocalKafka:
             admin.alter_user_scram_credentials([upsert])[sasl.username].result(timeout=timeout)
         except Exception as exc:  # KafkaException or a timeout: either way the user could not be created
             raise LocalKafkaError(f"creating the SCRAM user {sasl.username!r} at {self.bootstrap} failed ({exc}); "
-                                  f"is the broker running? see {self.files.log_file}") from None
+                                  f"is the broker running? see {self.files.daemon.log_file}") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sasl_answers():
@@ -211,7 +184,7 @@ class LocalKafka:
         raise LocalKafkaError(
             f"the SASL listener at {sasl.bootstrap} did not accept user {sasl.username!r} within {timeout:.0f}s. "
             "A broker started before the listener was configured lacks it: restart it with "
-            f"`wigzo-pipeline kafka stop && wigzo-pipeline kafka start`; otherwise see {self.files.log_file}")
+            f"`wigzo-pipeline kafka stop && wigzo-pipeline kafka start`; otherwise see {self.files.daemon.log_file}")
 
     def start(self, timeout: float = 90.0) -> str:
         """Start the broker unless it runs already; return the bootstrap address once it answers."""
@@ -224,42 +197,15 @@ class LocalKafka:
         files.install()
         config = files.write_config(self.port)
         files.format_storage(config)
-        with open(files.log_file, "ab") as log:
-            process = subprocess.Popen(
-                [files.java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
-                 f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
-                 "-cp", files.classpath(), "kafka.Kafka", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self.files.pid_file.write_text(str(process.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise LocalKafkaError(f"the broker exited with code {process.returncode}; "
-                                      f"last log lines:\n{files.log_tail()}")
-            if self.answers(timeout=1.0):
-                return self.bootstrap
-            time.sleep(0.2)
-        raise LocalKafkaError(f"the broker did not answer within {timeout:.0f}s; see {self.files.log_file}:\n"
-                              + files.log_tail())
+        files.daemon.spawn([java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
+                            f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+                            "-cp", files.classpath(), "kafka.Kafka", str(config)],
+                           ready=lambda: self.answers(timeout=1.0), timeout=timeout)
+        return self.bootstrap
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after the timeout); False if it was not running."""
-        pid = self.pid()
-        if pid is None:
-            self.files.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            if _reap(pid):
-                break
-            time.sleep(0.2)
-        else:
-            if self.pid() is not None:
-                os.kill(pid, signal.SIGKILL)
-        self.files.pid_file.unlink(missing_ok=True)
-        return True
+        return self.files.daemon.stop(timeout)
 
 
 def _answers(config: dict[str, Any], timeout: float) -> bool:
@@ -268,15 +214,6 @@ def _answers(config: dict[str, Any], timeout: float) -> bool:
     except Exception:  # any failure to reach the cluster means "not ready" here
         return False
     return True
-
-
-def _reap(pid: int) -> bool:
-    """Collect a child we started ourselves so it does not linger as a zombie; True once it is gone."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == pid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
