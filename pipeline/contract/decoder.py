@@ -322,11 +322,16 @@ class EventDecoder:
         try:
             registered = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
+            if exc.http_status_code == 404 and exc.error_code // 100 == 404:  # 40403 "schema not found" (40400 mock)
                 self._plans[schema_id] = Rejection(
                     "decode", "UnknownSchemaId", "schema id is not registered in the schema registry",
                     expected="a registered schema id", found=str(schema_id))
                 return
+            if exc.http_status_code == 404:  # a plain 404: no registry API at this URL, for every id alike
+                raise SchemaRegistryUnavailable(
+                    f"schema registry at {self.registry_address} has no schema API at the configured path "
+                    f"(HTTP 404 resolving id {schema_id}); check SCHEMA_REGISTRY_URL, which must include the API "
+                    "path (e.g. /apis/ccompat/v7 for Apicurio)") from exc
             raise SchemaRegistryUnavailable(f"schema registry failed to resolve id {schema_id}: {exc}") from exc
         except Exception as exc:  # transport failures surface as httpx/OS errors of many kinds
             raise SchemaRegistryUnavailable(f"schema registry is unreachable resolving id {schema_id}: {exc}") from exc

@@ -50,7 +50,7 @@ def predicted_requests(settings: Settings, topic: str, samples: Iterable[SampleM
     decoder, chain = EventDecoder(settings), Chain.from_settings(settings)
     expected: Counter[tuple[str, str, bytes]] = Counter()
     for sample in samples:
-        event = decoder.decode(topic, sample.value)
+        event = decoder.decode_resolving(topic, sample.value)
         if isinstance(event, dict):
             decision = chain.decide(event)
             if isinstance(decision, Deliver):

@@ -284,3 +284,40 @@ def test_the_registry_down_and_back_every_event_ends_delivered(
 
     assert read_all(kafka_bootstrap, settings.dlq_topic_for(topic)) == [], "an outage is never the events' fault"
     assert_all_delivered(pipeline, settings, topic, [event for _, event in events], sandbox)
+
+
+def test_while_the_registry_is_down_json_events_flow_and_only_the_avro_ones_wait(
+        kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox, stoppable_registry: LocalRegistry,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Avro and JSON events interleaved on one topic, the registry down: the JSON events are all delivered
+    meanwhile, the member says why it is not ready, nothing is dead-lettered; back up, the rest follows. (Per-user
+    order holds within a format: a JSON event may overtake its user's earlier Avro event waiting for its schema.)"""
+    topic = make_topic(partitions=3)
+    settings = pipeline_settings(kafka_bootstrap, topic, sandbox, stoppable_registry)
+    producer = AvroProducerSide(stoppable_registry)
+    events = deliverable_events(settings, 600, seed=25)
+    events = events[:len(events) // 2 * 2]
+    avro, as_json = events[::2], events[1::2]
+    messages = [message for pair in zip(
+        [SampleMessage(key, producer.encode(topic, event), event["type"]) for key, event in avro],
+        [SampleMessage(key, orjson.dumps(event), event["type"]) for key, event in as_json]) for message in pair]
+    produce(kafka_bootstrap, topic, messages)
+
+    stoppable_registry.stop()
+    lookups = RegistryLookups(monkeypatch)
+    pipeline = live_pipeline(settings)
+    join = run_in_background(lambda: run_to_the_end(pipeline, settings, len(messages), timeout=240))
+    json_expected = expected_requests(settings, topic, [event for _, event in as_json])
+    wait_for(lambda: not json_expected - received_requests(sandbox.control.received()), 90,
+             "every JSON event delivered while the registry is down")
+    wait_for(lambda: lookups.failed > 0 and pipeline.status.stats.read == len(messages), 30,
+             "everything read, and the registry asked and not answering")
+    address = stoppable_registry.url.split("/apis")[0]
+    assert any(reason.startswith(f"schema registry at {address}: no answer for ")
+               and reason.endswith(f"{len(avro)} messages wait for it") for reason in pipeline.status.readiness())
+    assert pipeline.status.outcomes.totals()[Outcome.DEAD_LETTERED] == 0
+
+    stoppable_registry.start()  # its schemas kept in files: the ids in Kafka resolve again
+    join(260)
+    assert read_all(kafka_bootstrap, settings.dlq_topic_for(topic)) == [], "an outage is never the events' fault"
+    assert_all_delivered(pipeline, settings, topic, [event for _, event in events], sandbox)

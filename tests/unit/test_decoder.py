@@ -272,6 +272,20 @@ def test_an_uncached_id_is_asked_for_never_waited_for(registry: SchemaRegistryCl
     assert decoder.decode("orders", framed) == TRACK
 
 
+def test_a_url_without_the_registry_api_is_configuration_not_unknown_ids(registry: SchemaRegistryClient,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry answers an unregistered id with 404 and error code 40403; a URL missing the API path gets a plain
+    404 for every id alike, which must hold the events (and say what to fix), never dead-letter them all."""
+    def no_api_here(*args: Any, **kwargs: Any) -> None:
+        raise SchemaRegistryError(404, 404, "HTTP 404 Not Found")
+
+    monkeypatch.setattr(registry, "get_schema", no_api_here)
+    decoder = _decoder(schema_registry_url="mock://segment")
+    with pytest.raises(SchemaRegistryUnavailable, match="must include the API path"):
+        decoder.resolve(3)
+    assert decoder.decode("orders", VALID_CONFLUENT) == SchemaNeeded(3), "nothing cached: asked again later"
+
+
 def test_the_registry_address_never_carries_credentials() -> None:
     decoder = _decoder(schema_registry_url="https://reader:s3cret@registry.example:8081/apis")
     assert decoder.registry_address == "https://registry.example:8081"
