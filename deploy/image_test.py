@@ -102,6 +102,7 @@ def prerequisites() -> str:
     namespaces = ["unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "true"]
     if shutil.which("unshare") is None or subprocess.run(namespaces, check=False, capture_output=True).returncode:
         raise CannotRunHere("cannot create mount and PID namespaces, which buildah's chroot isolation needs")
+    CACHE.mkdir(parents=True, exist_ok=True)
     missing = [tool for tool in ("buildah", "debootstrap") if shutil.which(tool) is None]
     installed = ""
     if missing:
@@ -432,7 +433,6 @@ def step(label: str, action: Callable[[], str]) -> None:
 
 def main() -> int:
     began = time.monotonic()
-    CACHE.mkdir(parents=True, exist_ok=True)
     buildah = Buildah(CACHE)
     try:
         step("prerequisites", prerequisites)
