@@ -147,10 +147,11 @@ class Buildah:
         return sh([*self.prefix, *args], log=log)
 
     def image(self, name: str) -> dict | None:
-        """The image's configuration, or None when the storage has no image of that name."""
-        result = subprocess.run([*self.prefix, "inspect", "--type", "image", name], check=False,
-                                capture_output=True, text=True)
-        return json.loads(result.stdout)["OCIv1"]["config"] if result.returncode == 0 else None
+        """The image's configuration, or None when the storage has no image of that name (a buildah that fails
+        raises: it must not pass for a missing image)."""
+        if name not in self("images", "--format", "{{.Name}}:{{.Tag}}").split():
+            return None
+        return json.loads(self("inspect", "--type", "image", name))["OCIv1"]["config"]
 
     def size(self, name: str) -> str:
         return self("images", "--format", "{{.Size}}", name).strip()
@@ -222,7 +223,9 @@ def pip_settings() -> Iterator[list[str]]:
     """Volumes that give the build's pip this machine's pip settings and CA bundle, read-only, so that it reaches
     the package index as pip here does. Both are mounted over paths both bases have (root's home, Debian's CA
     bundle): a mount point buildah had to create would stay in the image as an empty file."""
-    config, bundle = _machine_pip_config()
+    config, bundle = pip_config_from(sh([sys.executable, "-m", "pip", "config", "list"]))
+    if not Path(bundle).is_file():
+        raise CannotRunHere(f"no CA bundle at {bundle} to give the build's pip")
     home = Path(tempfile.mkdtemp(prefix="build-home-", dir=CACHE))  # 0700: the settings may hold an index password
     try:
         (home / ".config" / "pip").mkdir(parents=True)
@@ -233,11 +236,10 @@ def pip_settings() -> Iterator[list[str]]:
         shutil.rmtree(home)
 
 
-def _machine_pip_config() -> tuple[configparser.ConfigParser, str]:
-    """This machine's effective pip settings (its files, then its PIP_* variables, which win in every section)
-    as one pip.conf, with the CA bundle it names; local --find-links directories are dropped (the build cannot
-    see them)."""
-    listed = sh([sys.executable, "-m", "pip", "config", "list"])
+def pip_config_from(listed: str) -> tuple[configparser.ConfigParser, str]:
+    """This machine's effective pip settings, as `pip config list` prints them (its files, then its PIP_*
+    variables, which win in every section), as one pip.conf for the build, and the CA bundle they name; local
+    --find-links directories are dropped (the build cannot see them)."""
     config = configparser.ConfigParser(interpolation=None)
     config.add_section("global")
     from_environment: dict[str, str] = {}
@@ -261,8 +263,6 @@ def _machine_pip_config() -> tuple[configparser.ConfigParser, str]:
             config[section]["find-links"] = " ".join(remote)
             if not remote:
                 config.remove_option(section, "find-links")
-    if not Path(bundle).is_file():
-        raise CannotRunHere(f"no CA bundle at {bundle} to give the build's pip")
     return config, bundle
 
 
@@ -450,7 +450,9 @@ def main() -> int:
         print(f"image-test: skipped, this machine cannot run it: {reason}", flush=True)
         return SKIP
     except (ImageTestFailed, PipelineError) as failure:
-        print(f"image-test: FAILED after {time.monotonic() - began:.1f}s: {failure}", file=sys.stderr, flush=True)
+        print(f"image-test: FAILED after {time.monotonic() - began:.1f}s: {failure}\n(logs in {CACHE}; a cache made "
+              "with other buildah packages installed may need deleting: the next run starts from nothing)",
+              file=sys.stderr, flush=True)
         return 1
     print(f"image-test: passed in {time.monotonic() - began:.1f}s", flush=True)
     return 0
