@@ -117,7 +117,7 @@ def prerequisites() -> str:
             sh(apt, log=CACHE / "apt.log", env=environ)
         installed = f" ({' and '.join(missing)} installed with apt-get)"
     buildah = sh(["buildah", "--version"]).split()[2]
-    debootstrap = sh(["dpkg-query", "--showformat=${Version}", "--show", "debootstrap"])
+    debootstrap = sh(["debootstrap", "--version"]).split()[-1]
     return f"root, buildah {buildah}, debootstrap {debootstrap}{installed}"
 
 
