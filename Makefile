@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit kafka-start kafka-stop bench
+.PHONY: demo test unit kafka-start kafka-stop bench image-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ kafka-stop: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/pipeline_bench.py
+
+# The container image built from the Dockerfile and run for real, with no Docker engine (deploy/image_test.py says
+# how). Needs root; installs buildah and debootstrap with apt-get if missing; .ci/run runs it too.
+image-test: $(VENV)/.installed
+	$(BIN)/python deploy/image_test.py

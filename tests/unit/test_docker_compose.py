@@ -1,8 +1,10 @@
-"""No Docker engine runs here, so the compose file and the Dockerfile are checked statically: the compose file
-against what the code reads, the Dockerfile against how the package must be built and installed."""
+"""The compose file and the Dockerfile, checked with no engine: the compose file against the image it builds (the
+commands its ENTRYPOINT accepts, the variables they read, the ports they listen on), the Dockerfile against how the
+package must be built and installed. deploy/image_test.py builds and runs the image itself."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -60,12 +62,24 @@ def test_pipeline_points_at_the_sandbox_service() -> None:
     assert "8080" in " ".join(SERVICES["sandbox"]["command"])
 
 
+def _environment_of(service: dict) -> dict[str, str]:
+    """The service's environment with compose's `${VAR:-default}` taking its default (nothing exported)."""
+    return {name: INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
+            for name, value in service.get("environment", {}).items()}
+
+
 def _settings_of(service: dict) -> Settings:
-    """The service's settings as the code resolves them, with compose's `${VAR:-default}` taking its default
-    (nothing exported), so a value the code would reject fails here with the code's own message."""
-    environ = {name: INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
-               for name, value in service.get("environment", {}).items()}
-    return load_settings(None, environ=environ)
+    """The service's settings as the code resolves them, so a value the code would reject fails here with the
+    code's own message."""
+    return load_settings(None, environ=_environment_of(service))
+
+
+def _command_of(service: dict) -> argparse.Namespace:
+    """The service's command as the image's ENTRYPOINT, wigzo-pipeline, parses it: argparse exits (failing the
+    test) on an unknown command or flag."""
+    command = service["command"]
+    assert command[0] in COMMANDS, f"wigzo-pipeline has no command {command[0]!r}"
+    return build_parser(command[0]).parse_args(command)
 
 
 def test_docker_compose_up_brings_up_kafka_the_sandbox_the_samples_and_the_pipeline() -> None:
@@ -79,6 +93,40 @@ def test_our_services_set_only_variables_the_code_reads_with_values_it_accepts()
                    if env not in known and not env.startswith(KAFKA_PASSTHROUGH_PREFIX)}
         assert not unknown, f"{name}: variables the code does not read: {unknown}"
         _settings_of(service)
+
+
+def test_every_command_is_one_the_images_entrypoint_accepts() -> None:
+    assert [arguments for keyword, arguments in FINAL if keyword == "ENTRYPOINT"][-1] == '["wigzo-pipeline"]', \
+        "the services' commands are wigzo-pipeline's arguments"
+    for service in OURS.values():
+        _command_of(service)
+
+
+def test_our_services_publish_only_the_port_they_listen_on() -> None:
+    listening = {"pipeline": _settings_of(SERVICES["pipeline"]).metrics_port,
+                 "sandbox": _command_of(SERVICES["sandbox"]).port}
+    for name, service in OURS.items():
+        published = {str(mapping).rsplit(":", 1)[-1] for mapping in service.get("ports", [])}
+        assert published <= {str(listening.get(name))}, f"{name} publishes {published} but listens on {listening}"
+
+
+def test_the_sandbox_listens_where_the_pipeline_calls_it() -> None:
+    sandbox = _command_of(SERVICES["sandbox"])
+    assert sandbox.host == "0.0.0.0", "on 127.0.0.1 it is out of reach of the pipeline's container and the host"
+    url = urlsplit(_settings_of(SERVICES["pipeline"]).wigzo_base_url)
+    assert (url.scheme, url.hostname, url.port) == ("http", "sandbox", sandbox.port)
+
+
+def test_the_sandbox_reads_its_variables_and_requires_the_token_the_pipeline_sends() -> None:
+    from pipeline.dev.sandbox import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    reads = set(re.findall(r"\[env\s+(\w+)\]", parser.format_help()))
+    environment = _environment_of(SERVICES["sandbox"])
+    assert reads and set(environment) <= reads, f"the sandbox reads {reads}, not {set(environment) - reads}"
+    assert environment["WIGZO_ORG_TOKEN"] == _settings_of(SERVICES["pipeline"]).wigzo_org_token.reveal() != "", \
+        "the sandbox would answer the pipeline's every request 401"
 
 
 def test_every_kafka_client_bootstraps_through_the_in_network_listener() -> None:
