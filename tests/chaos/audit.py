@@ -113,9 +113,10 @@ class Audit:
 
 
 def audit(bootstrap: str, topic: str, produced: Sequence[Produced], wigzo: Wigzo, *,
-          letters: list[Letter] | None = None) -> Audit:
-    """Account for every produced message; `letters` when the dead-letter topic was read already."""
-    expected = expect(dry_run_settings(topic), topic, (p.value for p in produced))
+          letters: list[Letter] | None = None, settings: Settings | None = None) -> Audit:
+    """Account for every produced message; `letters` when the dead-letter topic was read already, `settings` for
+    the dry run when the members ran with other settings of the decoder or mapping than the suite's defaults."""
+    expected = expect(settings or dry_run_settings(topic), topic, (p.value for p in produced))
     accepted = Counter(r["idempotency_key"] for r in wigzo.control.received())
     if letters is None:
         letters = read_letters(bootstrap, f"{topic}.dlq")
