@@ -43,18 +43,6 @@ API_TOKEN = "chaos-api-token-b81d4a60"
 BROKER_MESSAGE_LIMIT = 1_048_588  # the broker's message.max.bytes, so a default topic's limit
 
 
-class NotYetMet(AssertionError):
-    """An acceptance criterion of a feature still being built does not hold. A scenario waiting for one is marked
-    `xfail(raises=NotYetMet, strict=False)`: that failure alone is expected, any other (a message missing) still
-    fails it, and it reports XPASS once the feature holds."""
-
-
-def criterion(holds: bool, why: str) -> None:
-    """Check an acceptance criterion of a feature still being built (see `NotYetMet`)."""
-    if not holds:
-        raise NotYetMet(why)
-
-
 @dataclass(frozen=True)
 class Scale:
     """Short versions run in CI; CHAOS_LONG=1 runs the long ones: events x10, durations x3."""
