@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -306,18 +307,27 @@ def test_while_the_registry_is_down_json_events_flow_and_only_the_avro_ones_wait
     stoppable_registry.stop()
     lookups = RegistryLookups(monkeypatch)
     pipeline = live_pipeline(settings)
+    started = time.monotonic()
     join = run_in_background(lambda: run_to_the_end(pipeline, settings, len(messages), timeout=240))
+    address = stoppable_registry.url.split("/apis")[0]
+    wait_for(lambda: any(reason.startswith(f"schema registry at {address}")
+                         for reason in pipeline.status.readiness()), 60, "readiness to name the registry")
+    reported = time.monotonic() - started
     json_expected = expected_requests(settings, topic, [event for _, event in as_json])
     wait_for(lambda: not json_expected - received_requests(sandbox.control.received()), 90,
              "every JSON event delivered while the registry is down")
     wait_for(lambda: lookups.failed > 0 and pipeline.status.stats.read == len(messages), 30,
              "everything read, and the registry asked and not answering")
-    address = stoppable_registry.url.split("/apis")[0]
+    json_delivered = time.monotonic() - started
     assert any(reason.startswith(f"schema registry at {address}: no answer for ")
                and reason.endswith(f"{len(avro)} messages wait for it") for reason in pipeline.status.readiness())
     assert pipeline.status.outcomes.totals()[Outcome.DEAD_LETTERED] == 0
 
     stoppable_registry.start()  # its schemas kept in files: the ids in Kafka resolve again
+    back = time.monotonic()
     join(260)
+    print(f"registry outage: {len(as_json)} JSON events delivered {json_delivered:.1f} s after the start, with "
+          f"{len(avro)} Avro events waiting; readiness named the registry {reported:.1f} s after the start; "
+          f"the registry back, everything finished {time.monotonic() - back:.1f} s later")
     assert read_all(kafka_bootstrap, settings.dlq_topic_for(topic)) == [], "an outage is never the events' fault"
     assert_all_delivered(pipeline, settings, topic, [event for _, event in events], sandbox)
