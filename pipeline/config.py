@@ -228,10 +228,10 @@ def owns(entry: str, topic: str) -> bool:
     return entry == topic or (entry.startswith("^") and re.match(entry, topic) is not None)
 
 
-def route(topic: str, tables: Sequence[DestinationTable]) -> str:
-    """The name of the destination owning `topic`; ConfigError when none does, or two do (two patterns that
-    overlap cannot be told apart before a topic matches both)."""
-    owners = [table.name for table in tables if any(owns(entry, topic) for entry in table.topics)]
+def route(topic: str, destinations: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """The name of the destination (name, its topics entries) owning `topic`; ConfigError when none does, or two
+    do (two patterns that overlap cannot be told apart before a topic matches both)."""
+    owners = [name for name, topics in destinations if any(owns(entry, topic) for entry in topics)]
     if len(owners) > 1:
         raise ConfigError(f"topic {topic!r} is owned by two destinations, {owners[0]!r} and {owners[1]!r}: "
                           f"{_ONE_OWNER}")
@@ -379,7 +379,9 @@ class Settings:
 
     def destination_of(self, topic: str) -> str:
         """The name of the destination a message of `topic` goes to (see `route`)."""
-        return route(topic, self.destinations) if self.destinations else DEFAULT_DESTINATION
+        if not self.destinations:
+            return DEFAULT_DESTINATION
+        return route(topic, [(table.name, table.topics) for table in self.destinations])
 
     def dlq_topic_for(self, source_topic: str) -> str:
         """The dead-letter topic of `source_topic` (the rule is `dead_letter_topic`)."""

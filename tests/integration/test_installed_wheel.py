@@ -170,7 +170,8 @@ def test_run_consumes_delivers_and_dead_letters(installed: Installed, kafka_boot
             process.kill()
             process.communicate()
     assert process.returncode == 0, log[-5000:]
-    assert 'wigzo_pipeline_outcomes_total{outcome="dead_lettered",stage="validate"} 1.0' in scraped, scraped[-3000:]
+    assert ('wigzo_pipeline_outcomes_total{outcome="dead_lettered",stage="validate",destination="default"} 1.0'
+            in scraped), scraped[-3000:]
 
     received = sandbox.control.received()
     assert sorted((r["path"], r["body"].get("userId")) for r in received) == \

@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.kafka.assignment import Assignment, GroupSubscription, OffsetRanges
 from pipeline.kafka.executor import OrderedExecutor
 from pipeline.kafka.ledger import PartitionKey
-from pipeline.kafka.parts import Flow, Parts
+from pipeline.kafka.parts import Destinations, Flow, Parts
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import (
     Aborted,
@@ -41,6 +41,7 @@ from tests.fakes.pipeline_parts import (
     FakeConsumer,
     FakeDeadLetters,
     FakeDecoder,
+    FakeDestination,
     FakeSchemas,
     Journal,
     map_event,
@@ -82,7 +83,8 @@ class Harness:
     def build(self, assignment: Assignment | None = None, *, flow: Flow = FLOW,
               commit: bool = True, reader: Callable[[Message], Message | Skip] | None = None,
               clock: Callable[[], float] = time.monotonic) -> Pipeline:
-        parts = Parts(decoder=self.decoder, schemas=self.schemas, decide=self.map_event, client=self.client,
+        destinations = Destinations.one(FakeDestination("default", self.map_event, self.client))
+        parts = Parts(decoder=self.decoder, schemas=self.schemas, destinations=destinations,
                       dead_letters=self.dead_letters, executor=OrderedExecutor(4, stall_after=3.0, name="test-send"),
                       shutdown=threading.Event())
         self.pipeline = Pipeline(parts, assignment or GroupSubscription((TOPIC,), ""), flow, reader=reader,

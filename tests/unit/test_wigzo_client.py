@@ -84,19 +84,19 @@ class RecordingStop(threading.Event):
 def test_the_transport_pools_a_connection_for_every_request_that_can_be_on_the_wire() -> None:
     """max_in_flight (48 here), and as many again for requests left hanging, which stop counting against it."""
     client = WigzoClient(SETTINGS)
-    assert isinstance(client._transport, RequestsTransport)
-    adapter = client._transport._adapter
+    assert isinstance(client._live.transport, RequestsTransport)
+    adapter = client._live.transport._adapter
     assert adapter._pool_maxsize == 96  # type: ignore[attr-defined]
     assert adapter.max_retries.total == 0
-    assert client._transport._session.verify is True
-    assert client._transport._headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
+    assert client._live.transport._session.verify is True
+    assert client._live.transport._headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
     client.close()
 
 
 def test_a_ca_bundle_replaces_the_default_trust_store() -> None:
     client = WigzoClient(Settings(wigzo_base_url="https://wigzo.test", ca_bundle="/etc/wigzo-ca.pem"))
-    assert isinstance(client._transport, RequestsTransport)
-    assert client._transport._session.verify == "/etc/wigzo-ca.pem"
+    assert isinstance(client._live.transport, RequestsTransport)
+    assert client._live.transport._session.verify == "/etc/wigzo-ca.pem"
 
 
 @pytest.mark.parametrize("url", ["app.wigzo.com", "ftp://app.wigzo.com", "https://"])
@@ -384,7 +384,8 @@ def test_requests_hanging_past_stall_after_stop_holding_their_slots(caplog: pyte
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """A metric of the clients of the default destination (every client here serves that one)."""
+    return REGISTRY.get_sample_value(name, {"destination": "default", **labels}) or 0.0
 
 
 def test_each_attempt_is_counted_by_answer_and_each_retry_by_reason() -> None:
