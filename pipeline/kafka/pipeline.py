@@ -34,7 +34,7 @@ from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.executor import EventSend, ordering_key
 from pipeline.kafka.ledger import Partition, PartitionKey, PartitionLedger, Pending, describe
 from pipeline.kafka.outcomes import Settlement
-from pipeline.kafka.parts import Client, Flow, Parts, Reload
+from pipeline.kafka.parts import Destination, Flow, Parts, Reload
 from pipeline.kafka.status import Status
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Deliver, Outcome, PipelineError, Rejection, Skip
@@ -189,7 +189,7 @@ class Pipeline:
         if isinstance(decision, Skip):
             settlement.finish(pending, Outcome.SKIPPED, decision.reason)
         else:
-            self._send(pending, event, decision, destination.client)
+            self._send(pending, event, decision, destination)
 
     def _decode_resolved(self) -> None:
         """Decode the messages whose schema ids were resolved since the last pass, in the order they were read."""
@@ -199,14 +199,16 @@ class Pipeline:
 
     # ---- 4. deliver (5. outcome and commit: pipeline.kafka.outcomes) ----------------------------
 
-    def _send(self, pending: Pending, event: dict[str, Any], decision: Deliver, client: Client) -> None:
+    def _send(self, pending: Pending, event: dict[str, Any], decision: Deliver, destination: Destination) -> None:
         record, partition = pending.record, pending.partition
         key = ordering_key(self._flow.ordering, record, event)
+        if key is not None and len(self._parts.destinations) > 1:
+            key = (destination.name, key)  # in order per destination: one that is paused holds no other's events
         # a user's share of the window (ledger); a partition's own key ("partition" ordering) has no one to share with
         partition.sent(pending, key if self._flow.ordering == "key" else None, self._ledger.key_share)
         self._parts.executor.submit(key, EventSend(
             pending, (record.topic() or "", record.partition(), record.offset()), decision.requests,
-            event.get("timestamp"), client, partition.stop, self._settlement.results,
+            event.get("timestamp"), destination.client, partition.stop, self._settlement.results,
             self._wall_clock))
 
     # ---- flow control and release ---------------------------------------------------------------
