@@ -152,8 +152,8 @@ class Option:
 
     @property
     def when(self) -> str:
-        """When a change takes effect, as `check` and the docs say it."""
-        return "live" if self.live else "restart"
+        """When a change takes effect, as docs/configuration.md's table of keys says it."""
+        return "live, per destination" if self.destination else "live" if self.live else "restart"
 
 
 _DECLARATION = "setting"  # the field metadata key under which `setting` keeps the rest of an Option
