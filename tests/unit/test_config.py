@@ -465,7 +465,8 @@ def test_each_destination_owns_its_topics_and_inherits_what_it_does_not_override
     assert (brand_a.topics, brand_b.topics) == (("segment-brand-a",), ("segment-brand-b", "^segment-brand-b-.*"))
     assert (brand_a.wigzo_org_token, brand_b.wigzo_org_token) == (Secret("token-a"), Secret("token-b"))
     assert brand_a.event_name_map == {"Signed Up": "registered"} and brand_b.event_name_map == {"Signed Up": "signup"}
-    assert brand_a.wigzo_base_url == "https://app.wigzo.com" and brand_b.wigzo_base_url == "https://eu.example-wigzo-host"
+    assert brand_a.wigzo_base_url == "https://app.wigzo.com"
+    assert brand_b.wigzo_base_url == "https://eu.example-wigzo-host"
     assert brand_a.max_in_flight == brand_b.max_in_flight == 32 and brand_b.connect_timeout == 2.0
     assert brand_a.secret_files == {"wigzo_org_token": f"{tmp_path}/brand-a-org-token"}
     assert {Secret("token-a"), Secret("token-b")} <= set(settings.secrets()), "every destination's, for scrubbing"
