@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 
 from prometheus_client import CollectorRegistry
@@ -57,7 +57,7 @@ def _member_main(settings: Settings, quiet_seconds: float | None, source: Settin
 
 class Supervisor:
     def __init__(self, settings: Settings, quiet_seconds: float | None, source: SettingsSource) -> None:
-        self._settings = replace(settings, workers=1)
+        self._settings = settings  # as read: a member's reload compares what it reads again with it
         self._quiet_seconds = quiet_seconds
         self._source = source
         self._context = multiprocessing.get_context("spawn")

@@ -142,3 +142,4 @@ def test_sighup_reaches_every_member_and_never_ends_one_that_is_starting(
     log = stderr_path.read_text()
     assert "restarting it in" not in log and log.count("pipeline.ops.member: stopped: read") == 2, log[-3000:]
     assert log.count("SIGHUP: forwarding to every member") == 2
+    assert "takes effect only on restart" not in log, "a member reads the settings as its supervisor did"
