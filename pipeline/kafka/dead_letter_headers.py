@@ -22,7 +22,10 @@ MESSAGE_LIMIT = 1000
 Headers = Sequence[tuple[str, bytes | None]]
 
 
-def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str]) -> list[tuple[str, bytes]]:
+def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], str],
+                    destination: str) -> list[tuple[str, bytes]]:
+    """`destination`: the Wigzo destination that owns the message's topic (`default` unless the config file
+    names several)."""
     rejection = letter.rejection
     earlier = error_headers(record.headers())  # a redriven dead letter keeps its history and adds to it
     fields = {
@@ -39,6 +42,7 @@ def context_headers(record: Message, letter: DeadLetter, scrub: Callable[[str], 
         "http.status": "" if rejection.http_status is None else str(rejection.http_status),
         "history": scrub("\n".join(filter(None, (earlier.get("history"), *letter.history))))[-MESSAGE_LIMIT:],
         "truncated": earlier.get("truncated", ""),  # a redriven truncated letter is still only a prefix
+        "destination": destination,
         "service.version": __version__,
     }
     return [(HEADER_PREFIX + name, value.encode()) for name, value in fields.items() if value]

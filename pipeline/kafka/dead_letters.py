@@ -78,6 +78,7 @@ class Letter:
     context: list[tuple[str, bytes]]  # ours: where it was read and why it failed; always stored
     timestamp: int
     stage: str
+    destination: str
     source: tuple[str, int, int]  # the original's topic, partition, offset (for logs)
     ticket: object  # the writer's caller's, handed back by `poll` once the broker acknowledged the letter
     truncated: bool = False
@@ -149,11 +150,13 @@ class DeadLetterWriter(Generic[Ticket]):
             self._check_name(topic)
             self._open(topic, [source])
         timestamp_type, timestamp = record.timestamp()
+        destination = self._settings.destination_of(source)
         self._send(Letter(topic=topic, key=record.key(), value=record.value(),
                           headers=original_headers(record.headers()),
-                          context=context_headers(record, letter, self.scrub),
+                          context=context_headers(record, letter, self.scrub, destination),
                           timestamp=timestamp if timestamp_type else 0, stage=letter.rejection.stage,
-                          source=(source, record.partition(), record.offset()), ticket=ticket))
+                          destination=destination, source=(source, record.partition(), record.offset()),
+                          ticket=ticket))
 
     def poll(self) -> list[Ticket]:
         """Serve the producers' callbacks; the tickets of the letters acknowledged since the last call (by
@@ -197,9 +200,9 @@ class DeadLetterWriter(Generic[Ticket]):
         """The producer's delivery report, run inside its poll or flush: acknowledged, refused as too large, or
         failed."""
         if error is None:
-            metrics.DLQ_WRITES.labels(letter.stage).inc()
+            metrics.DLQ_WRITES.labels(letter.stage, letter.destination).inc()
             if letter.truncated:
-                metrics.DLQ_TRUNCATED.labels(letter.stage).inc()
+                metrics.DLQ_TRUNCATED.labels(letter.stage, letter.destination).inc()
             self._acknowledged.append(letter.ticket)  # type: ignore[arg-type]
         elif error.code() == KafkaError.MSG_SIZE_TOO_LARGE and not letter.truncated:
             self._refused.append(letter)

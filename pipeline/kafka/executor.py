@@ -103,6 +103,15 @@ class OrderedExecutor:
             heapq.heappush(self._ready, (sequence, key, task))
             self._work_ready.notify()
 
+    def resize(self, workers: int) -> None:
+        """WIGZO_MAX_IN_FLIGHT changed (a reload): start the threads a larger pool needs now; a smaller one
+        lets its extra threads retire as spares do, once they are idle."""
+        with self._lock:
+            self._workers = workers
+            for n in range(len(self._threads), workers):
+                self._start_thread(f"{self._name}-{n}")
+            self._work_ready.notify_all()
+
     def _start_thread(self, name: str) -> None:
         thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._threads.add(thread)

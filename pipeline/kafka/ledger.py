@@ -188,17 +188,18 @@ class PartitionLedger:
         """Estimated bytes held by messages read and not committable yet."""
         return sum(partition.memory for partition in self._partitions.values())
 
-    def repause(self, accepting: bool, exhausted: Callable[[PartitionKey], bool],
+    def repause(self, accepting: Callable[[PartitionKey], bool], exhausted: Callable[[PartitionKey], bool],
                 ) -> tuple[list[PartitionKey], list[PartitionKey]]:
-        """Which partitions to pause and which to resume now: all while delivery is not accepting work or the
-        member's window in bytes is full (until below half of it), those with nothing more to read, and those
-        whose own window is full (until below half of it)."""
+        """Which partitions to pause and which to resume now: those whose destination is not accepting work
+        (its Wigzo is down, or rejects its token), all while the member's window in bytes is full (until below
+        half of it), those with nothing more to read, and those whose own window is full (until below half of
+        it)."""
         memory = self.memory()
         self._over_bytes = memory >= self._window_bytes or (self._over_bytes and memory > self._window_bytes // 2)
         to_pause, to_resume = [], []
         for key, partition in self._partitions.items():
             counted = partition.counted
-            wanted = (not accepting or self._over_bytes or exhausted(key) or counted >= self._window
+            wanted = (not accepting(key) or self._over_bytes or exhausted(key) or counted >= self._window
                       or (partition.paused and counted > self._window // 2))
             if wanted != partition.paused:
                 (to_pause if wanted else to_resume).append(key)

@@ -78,9 +78,11 @@ class Settlement:
     """Outcomes and commits, used from the polling thread only."""
 
     def __init__(self, ledger: PartitionLedger, dead_letters: DeadLetterSink, watch: KafkaWatch,
-                 outcomes: OutcomeCounter, stats: RunStats, *, commit: bool,
+                 outcomes: OutcomeCounter, stats: RunStats, destination_of: Callable[[str], str], *, commit: bool,
                  wall_clock: Callable[[], float] = time.time) -> None:
+        """`destination_of` names the destination of a topic's messages, for the metrics."""
         self._ledger = ledger
+        self._destination_of = destination_of
         self._dead_letters = dead_letters
         self._watch = watch
         self._outcomes = outcomes
@@ -92,9 +94,10 @@ class Settlement:
 
     def finish(self, pending: Pending, outcome: Outcome, detail: str = "") -> None:
         self._outcomes.record(outcome, detail)
+        destination = self._destination_of(pending.record.topic() or "")  # a redriven letter's: its source's
         if outcome is Outcome.SKIPPED:
-            metrics.SKIPS.labels(detail).inc()
-        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "").inc()
+            metrics.SKIPS.labels(detail, destination).inc()
+        metrics.OUTCOMES.labels(outcome.value, detail if outcome is Outcome.DEAD_LETTERED else "", destination).inc()
         pending.partition.finish(pending)
 
     def dead_letter(self, pending: Pending, letter: DeadLetter) -> None:

@@ -3,13 +3,15 @@
 Every message goes through the README's five steps, one module each:
 1. Read: poll the group; the partition ledger (`ledger.py`) keeps each message until it is finished.
 2. Decode and validate: the decoder (`pipeline/contract/decoder.py`).
-3. Decide: the chain (`pipeline/wigzo/chain.py`): these requests, a skip, or a rejection.
+3. Decide: the chain of the message's destination (`pipeline/wigzo/chain.py`; the destination owns the topic,
+   `parts.Destinations`): these requests, a skip, or a rejection.
 4. Deliver: `executor.py` sends the requests on worker threads, each user's events in order.
 5. Outcome and commit: results come back on a queue, dead-letter acknowledgements from the writer's `poll`;
    the ledger says which offsets may be committed.
 Only this thread touches offsets, commits and the dead-letter producer, so none of that needs locks. A message
 is finished when its outcome is durable: delivered (2xx), skipped on purpose, or acknowledged by the dead-letter
-topic. What others may read about the run is `status` (`status.py`).
+topic. What others may read about the run is `status` (`status.py`). Settings that change while running
+(`live`: SIGHUP, a file changed) are applied here too, between polls.
 
 Nothing in the loop waits for anyone outside the process: commits are asynchronous, schema ids are resolved on
 a thread of their own (a message that needs one waits, the others go on), and lag is asked in the background.
@@ -32,7 +34,7 @@ from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.executor import EventSend, ordering_key
 from pipeline.kafka.ledger import Partition, PartitionKey, PartitionLedger, Pending, describe
 from pipeline.kafka.outcomes import Settlement
-from pipeline.kafka.parts import Flow, Parts
+from pipeline.kafka.parts import Destination, Flow, Parts, Reload
 from pipeline.kafka.status import Status
 from pipeline.kafka.watch import KafkaWatch
 from pipeline.model import Deliver, Outcome, PipelineError, Rejection, Skip
@@ -56,18 +58,20 @@ class Pipeline:
 
     def __init__(self, parts: Parts, assignment: Assignment, flow: Flow, *,
                  reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True,
-                 watch: KafkaWatch | None = None, highs: LatestHighs | None = None,
+                 watch: KafkaWatch | None = None, highs: LatestHighs | None = None, live: Reload | None = None,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self._parts = parts
         self._assignment = assignment
         self._flow = flow
         self._highs = highs  # watermarks of paused partitions, for a lag gauge that stays true while paused
+        self.live = live  # the member's SIGHUP asks it to reload
         self._ledger = PartitionLedger(flow.max_pending_per_partition, flow.window_bytes, flow.systemic_threshold)
         self.watch = watch or KafkaWatch("Kafka", clock)  # librdkafka's error_cb reports here (runner)
         self.status = Status(parts, self._ledger, assignment, self.watch, started=clock(),
                              registry_patience=flow.registry_patience)
         self._settlement = Settlement(self._ledger, parts.dead_letters, self.watch, self.status.outcomes,
-                                      self.status.stats, commit=commit, wall_clock=wall_clock)
+                                      self.status.stats, parts.destinations.name_for, commit=commit,
+                                      wall_clock=wall_clock)
         self._reader = reader
         self._clock = clock
         self._wall_clock = wall_clock
@@ -92,6 +96,8 @@ class Pipeline:
             self._assignment.start(consumer, self)
             while not self.shutting_down:
                 self._settlement.raise_if_dead_letters_fail()
+                if self.live is not None:
+                    self.live.poll()
                 self._repause(consumer)
                 messages = consumer.consume(BATCH_SIZE, timeout=POLL_TIMEOUT)
                 now = self.status.last_poll = self._clock()
@@ -116,7 +122,8 @@ class Pipeline:
         finally:
             self._ledger.stop_all()
             self._parts.executor.shutdown()
-            self._parts.client.close()
+            for destination in self._parts.destinations:
+                destination.client.close()
 
     # ---- rebalances (called by the consumer from inside consume) ----------------------------------
 
@@ -158,6 +165,7 @@ class Pipeline:
         """Route one record to exactly one outcome (possibly later, for deliveries, dead letters and messages
         whose schema id is being resolved)."""
         record, settlement = pending.record, self._settlement
+        destination = self._parts.destinations.for_topic(record.topic() or "")
         event = self._parts.decoder.decode(record.topic() or "", record.value())
         if isinstance(event, SchemaNeeded):
             self._ledger.await_schema(event.schema_id, pending)
@@ -167,7 +175,7 @@ class Pipeline:
             settlement.dead_letter(pending, settlement.first_failure(event))
             return
         try:
-            decision = self._parts.decide(event)
+            decision = destination.decide(event)
         except Exception as exc:  # the chain is meant never to raise; if it does, the event is kept, not lost
             log.exception("mapping raised", extra=_about(record, event))
             decision = Rejection("mapping", "MappingCrashed", f"the mapping raised {type(exc).__name__}: {exc}")
@@ -181,7 +189,7 @@ class Pipeline:
         if isinstance(decision, Skip):
             settlement.finish(pending, Outcome.SKIPPED, decision.reason)
         else:
-            self._send(pending, event, decision)
+            self._send(pending, event, decision, destination)
 
     def _decode_resolved(self) -> None:
         """Decode the messages whose schema ids were resolved since the last pass, in the order they were read."""
@@ -191,22 +199,24 @@ class Pipeline:
 
     # ---- 4. deliver (5. outcome and commit: pipeline.kafka.outcomes) ----------------------------
 
-    def _send(self, pending: Pending, event: dict[str, Any], decision: Deliver) -> None:
+    def _send(self, pending: Pending, event: dict[str, Any], decision: Deliver, destination: Destination) -> None:
         record, partition = pending.record, pending.partition
         key = ordering_key(self._flow.ordering, record, event)
+        if key is not None and len(self._parts.destinations) > 1:
+            key = (destination.name, key)  # in order per destination: one that is paused holds no other's events
         # a user's share of the window (ledger); a partition's own key ("partition" ordering) has no one to share with
         partition.sent(pending, key if self._flow.ordering == "key" else None, self._ledger.key_share)
         self._parts.executor.submit(key, EventSend(
             pending, (record.topic() or "", record.partition(), record.offset()), decision.requests,
-            event.get("timestamp"), self._parts.client, partition.stop, self._settlement.results,
+            event.get("timestamp"), destination.client, partition.stop, self._settlement.results,
             self._wall_clock))
 
     # ---- flow control and release ---------------------------------------------------------------
 
     def _repause(self, consumer: Consumer) -> None:
-        """Pause partitions whose window is full or that have nothing more to read, or all of them while Wigzo
-        is down or rejects our token; resume them once below half the window."""
-        to_pause, to_resume = self._ledger.repause(self._parts.client.accepting_work(), self._assignment.exhausted)
+        """Pause partitions whose window is full or that have nothing more to read, or whose destination's Wigzo
+        is down or rejects its token; resume them once below half the window."""
+        to_pause, to_resume = self._ledger.repause(self._parts.destinations.accepting(), self._assignment.exhausted)
         if to_pause:
             consumer.pause(_partitions(to_pause))
         if to_resume:
@@ -218,7 +228,7 @@ class Pipeline:
 
         Work left unfinished is redone by the partition's next owner, and so is every finished message
         behind it (one commit offset per partition), so draining first is what keeps a clean rebalance
-        free of duplicates. While Wigzo is down there is nothing to drain: stop at once."""
+        free of duplicates. While a destination's Wigzo is down there is nothing of its to drain: stop at once."""
         partitions = [p for key in keys if (p := self._ledger.get(key)) is not None]
         held, because = self._ledger.let_go_held(keys)
         if awaiting := self._ledger.let_go_awaiting_schema(keys):
@@ -227,8 +237,9 @@ class Pipeline:
         if held:
             self.status.stats.held += held
             self.status.stats.held_because = because
-        if commit and self._parts.client.accepting_work() and not self._failed:
-            self._wait_for_workers(partitions)
+        if commit and not self._failed:
+            accepting = self._parts.destinations.accepting()
+            self._wait_for_workers([partition for partition in partitions if accepting(partition.key)])
         for partition in partitions:
             partition.stop.set()  # no new attempts; requests on the wire complete or time out
         self._wait_for_workers(partitions)

@@ -1,7 +1,8 @@
 """The one way a pipeline is built from settings and run: `run`, `replay`, `redrive` and the demo all come here.
 
-Building wires the real parts (decoder, mapping, Wigzo client, dead-letter writer, executor); running
-opens the consumer, lets SIGTERM/SIGINT drain and commit, and closes the consumer whatever happens.
+Building wires the real parts (decoder, the destinations with their chains and Wigzo clients, dead-letter writer,
+executor), and for `run` the live settings that a reload changes (`PartsReload`); running opens the consumer,
+lets SIGTERM/SIGINT drain and commit, and closes the consumer whatever happens.
 """
 
 from __future__ import annotations
@@ -11,26 +12,27 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import Consumer, Message
 
-from pipeline.config import Settings
+from pipeline.config import Settings, SettingsSource
 from pipeline.contract.decoder import EventDecoder
 from pipeline.contract.registry import SchemaLookups
 from pipeline.kafka.admin import BrokerOffsets, LatestHighs
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.dead_letters import DeadLetterWriter
 from pipeline.kafka.executor import OrderedExecutor
-from pipeline.kafka.parts import Flow, Parts
+from pipeline.kafka.parts import Destinations, Flow, Parts
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.watch import KafkaWatch
-from pipeline.model import Skip
+from pipeline.live import Changes, LiveSettings
+from pipeline.model import Scrubber, Secret, Skip
 from pipeline.telemetry.logs import with_kafka_logging
 from pipeline.wigzo.chain import Chain
-from pipeline.wigzo.client import WigzoClient
+from pipeline.wigzo.destination import Destination
 from pipeline.wigzo.policy import DeliveryPolicy
 
 log = logging.getLogger(__name__)
@@ -40,27 +42,59 @@ STATISTICS_INTERVAL_MS = 1000  # how often librdkafka's statistics tell the watc
 
 
 def build_pipeline(settings: Settings, assignment: Assignment, *,
-                   reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True) -> Pipeline:
+                   reader: Callable[[Message], Message | Skip] | None = None, commit: bool = True,
+                   live: SettingsSource | None = None) -> Pipeline:
+    """`live`: where the settings came from, for a member whose settings change while it runs (`run`)."""
     settings.require_org_token()
     _return_large_allocations()
+    destinations = Destinations([(Destination(name, own), own.topics) for name, own in settings.for_destinations()])
     dead_letters = DeadLetterWriter(settings)
     dead_letters.prepare(settings.topics)  # a misconfigured dead-letter topic stops us here, before anything is read
     shutdown = threading.Event()
-    policy = DeliveryPolicy.from_settings(settings)
     decoder = EventDecoder(settings)
+    executor = OrderedExecutor(_workers(settings), DeliveryPolicy.from_settings(settings).stall_after)
     parts = Parts(
         decoder=decoder,
         schemas=SchemaLookups(decoder.resolve, decoder.registry_address, stop=shutdown),
-        decide=Chain.from_settings(settings).decide,
-        client=WigzoClient(settings, policy=policy),
+        destinations=destinations,
         dead_letters=dead_letters,
-        executor=OrderedExecutor(settings.max_in_flight, policy.stall_after),
+        executor=executor,
         shutdown=shutdown,
     )
     highs = LatestHighs(BrokerOffsets(settings.kafka_client_config(), settings.group_id))
+    reload = (LiveSettings(live, settings, PartsReload(destinations, executor, dead_letters))
+              if live is not None else None)
     return Pipeline(parts, assignment, Flow.from_settings(settings), reader=reader, commit=commit,
                     watch=KafkaWatch(settings.bootstrap_servers, stall_after=settings.kafka_stall_seconds),
-                    highs=highs)
+                    highs=highs, live=reload)
+
+
+def _workers(settings: Settings) -> int:
+    """Worker threads: every destination's requests in flight (each client keeps to its own limit)."""
+    return sum(own.max_in_flight for _, own in settings.for_destinations())
+
+
+class PartsReload:
+    """What a settings reload changes in the running parts: each destination's chain and client, the worker
+    threads, and the secrets the dead-letter headers are scrubbed of."""
+
+    def __init__(self, destinations: Destinations[Destination], executor: OrderedExecutor,
+                 dead_letters: DeadLetterWriter[Any]) -> None:
+        self._destinations = destinations
+        self._executor = executor
+        self._dead_letters = dead_letters
+
+    def prepare(self, settings: Settings) -> dict[str, Chain]:
+        return {name: Destination.prepare(own) for name, own in settings.for_destinations()}
+
+    def apply(self, settings: Settings, prepared: dict[str, Chain], changes: Changes,
+              secrets: Collection[Secret]) -> None:
+        for name, own in settings.for_destinations():
+            if name in changes:
+                destination = self._destinations.for_name(name)
+                destination.reconfigure(own, prepared[name], changes[name])
+        self._executor.resize(_workers(settings))
+        self._dead_letters.scrub = Scrubber(secrets)
 
 
 def _return_large_allocations() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer
 
+from pipeline.config import DEFAULT_DESTINATION
 from pipeline.kafka.assignment import Assignment
 from pipeline.kafka.ledger import PartitionLedger
 from pipeline.kafka.outcomes import OutcomeCounter, RunStats
@@ -41,9 +42,12 @@ class Status:
     def readiness(self) -> list[str]:
         """Why this member cannot take work now; empty when ready."""
         reasons = [] if self.joined else ["not in the consumer group yet"]
-        client, dead_letters = self._parts.client, self._parts.dead_letters
-        if not client.accepting_work():
-            reasons.append(f"Wigzo: {client.state}" + (f": {client.problem}" if client.problem else ""))
+        dead_letters = self._parts.dead_letters
+        for destination in self._parts.destinations:
+            client = destination.client
+            if not client.accepting_work():  # a destination of the config file's is named
+                named = "" if destination.name == DEFAULT_DESTINATION else f" ({destination.name})"
+                reasons.append(f"Wigzo{named}: {client.state}" + (f": {client.problem}" if client.problem else ""))
         if dead_letters.failure is not None:
             reasons.append(f"dead-letter topic: {dead_letters.failure}")
         if problem := self._ledger.streak.problem():

@@ -1,7 +1,9 @@
 """`wigzo-pipeline check`: is this deployment ready to run? One pass/fail row per thing `run` depends on.
 
 It is read-only on purpose, so it is safe to run against production before `run` starts (a deploy step) or
-when `/readyz` fails: it creates no topic, commits no offset and sends no event to Wigzo. Every check has a
+when `/readyz` fails: it creates no topic, commits no offset and sends no event to Wigzo. With several Wigzo
+destinations (`[destinations.NAME]`), each one's base URL and token get rows of their own. It ends by saying
+which settings take effect while running (SIGHUP, or a change to their file) and which need a restart. Every check has a
 timeout, so an unreachable broker or a black-holed Wigzo fails the check instead of hanging it; a check whose
 prerequisite failed is shown as SKIP rather than failing a second time for the same cause.
 """
@@ -20,7 +22,7 @@ import requests
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConsumerGroupDescription
 
-from pipeline.config import ConfigError, Settings, add_options, load_settings
+from pipeline.config import OPTIONS, ConfigError, Settings, add_options, load_settings
 from pipeline.kafka.admin import (
     BrokerOffsets,
     KafkaErrors,
@@ -43,6 +45,9 @@ TOKEN_NOTE = ("Wigzo has no side-effect-free call to verify the token: it is che
               "a rejected token pauses delivery and makes /readyz fail")
 CHECKS = ("configuration", "kafka", "source topics", "dead-letter topic", "consumer group", "wigzo base url",
           "org token")
+LIVE_NOTE = ("Changed while running (SIGHUP, or a change to a file they were read from), these take effect without a "
+             f"restart: {', '.join(option.attr for option in OPTIONS if option.live)}; every other setting "
+             "(Kafka, topics, destinations, workers, metrics port, ...) only on restart")
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -78,7 +83,19 @@ def check_configuration(args: argparse.Namespace) -> tuple[Settings | None, Row]
                             f"Configuration: a KAFKA_TOPICS pattern is not a regular expression ({exc}) — fix it")
     except PipelineError as exc:
         return None, failed("configuration", str(exc), f"Configuration: {exc}")
-    return settings, passed("configuration", "; ".join(["settings are valid", *privacy_summary(settings)]))
+    return settings, passed("configuration", "; ".join(["settings are valid", *destinations_summary(settings)]))
+
+
+def destinations_summary(settings: Settings) -> list[str]:
+    """The destinations and the topics each owns (when the config file names them), and what privacy enforces
+    for each."""
+    if not settings.destinations:
+        return privacy_summary(settings)
+    parts = [f"{len(settings.destinations)} destinations: " + "; ".join(
+        f"{name} owns {', '.join(own.topics)}" for name, own in settings.for_destinations())]
+    for name, own in settings.for_destinations():
+        parts += [f"{name}: {line}" for line in privacy_summary(own)]
+    return parts
 
 
 def privacy_summary(settings: Settings) -> list[str]:
@@ -138,6 +155,11 @@ def check_source_topics(settings: Settings, metadata: ClusterMetadata) -> tuple[
             problems.append(f"{entry!r}: {topic.error.str()}")
         else:
             found[entry] = len(topic.partitions)
+    for name in found:
+        try:
+            settings.destination_of(name)
+        except ConfigError as exc:  # two destinations' patterns match a topic that exists
+            problems.append(str(exc))
     if problems:
         text = "; ".join(problems)
         return failed("source topics", text, f"Source topics: {text} — create the topic(s) or fix KAFKA_TOPICS, "
@@ -239,14 +261,14 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = inner
 
 
-def check_wigzo(settings: Settings) -> Row:
+def check_wigzo(settings: Settings, row: str = "wigzo base url") -> Row:
     """A plain GET of the base URL, TLS verified as the client verifies it: any HTTP answer means it answers."""
     url = settings.wigzo_base_url
     host = urlsplit(url).netloc or url
     started = time.monotonic()
 
     def fail(detail: str, fix: str) -> Row:
-        return failed("wigzo base url", f"{url}: {detail}", f"Wigzo: {detail} — {fix}")
+        return failed(row, f"{url}: {detail}", f"Wigzo: {detail} — {fix}")
 
     try:
         with requests.get(url, timeout=(settings.connect_timeout, settings.read_timeout),
@@ -277,16 +299,25 @@ def check_wigzo(settings: Settings) -> Row:
     except OSError as exc:  # every other requests error, and an unreadable WIGZO_CA_BUNDLE
         return fail(str(exc), "check WIGZO_BASE_URL and WIGZO_CA_BUNDLE")
     elapsed_ms = (time.monotonic() - started) * 1000
-    return passed("wigzo base url", f"{url} answered HTTP {status} in {elapsed_ms:.0f} ms (any answer counts)")
+    return passed(row, f"{url} answered HTTP {status} in {elapsed_ms:.0f} ms (any answer counts)")
 
 
-def check_token(settings: Settings) -> Row:
+def check_token(settings: Settings, row: str = "org token") -> Row:
     try:
         settings.require_org_token()
     except ConfigError as exc:
-        return failed("org token", "WIGZO_ORG_TOKEN is not set", f"Org token: {exc}")
+        return failed(row, "WIGZO_ORG_TOKEN is not set", f"Org token: {exc}")
     api = "set" if settings.wigzo_api_token else "not set (optional)"
-    return passed("org token", f"set, not verified (see below); API token {api}")
+    return passed(row, f"set, not verified (see below); API token {api}")
+
+
+def wigzo_rows(settings: Settings) -> list[Row]:
+    """The base URL and token of every destination, each named when the config file names several."""
+    rows = []
+    for name, own in settings.for_destinations():
+        suffix = f" ({name})" if settings.destinations else ""
+        rows += [check_wigzo(own, f"wigzo base url{suffix}"), check_token(own, f"org token{suffix}")]
+    return rows
 
 
 def run_checks(args: argparse.Namespace) -> tuple[list[Row], Scrubber]:
@@ -295,7 +326,7 @@ def run_checks(args: argparse.Namespace) -> tuple[list[Row], Scrubber]:
         return [configuration, *skipped(CHECKS[1:], "the configuration is invalid")], Scrubber(())
     configure_for(settings)
     scrub = Scrubber(settings.secrets())
-    return [configuration, *kafka_rows(settings), check_wigzo(settings), check_token(settings)], scrub
+    return [configuration, *kafka_rows(settings), *wigzo_rows(settings)], scrub
 
 
 def kafka_rows(settings: Settings) -> list[Row]:
@@ -320,6 +351,7 @@ def print_report(rows: list[Row], scrub: Scrubber) -> None:
     for row in rows:
         print(scrub(f"{row.name:<{width}}  {row.status:<6}  {row.detail}"))
     print(f"\nNo event was sent to Wigzo. {TOKEN_NOTE}.")
+    print(f"\n{LIVE_NOTE}")
     failures = [row for row in rows if row.status == "FAIL"]
     if not failures:
         print(f"All {len(rows)} checks passed.")

@@ -2,7 +2,9 @@
 
 It runs the consumer's own decoder and chain (pipeline.wigzo.chain) with the same settings, so a dry run
 cannot disagree with production; with consent or destination filters set, each line also says which of them
-decided and why (`privacy`). The organization token is not required: tokens are always shown as ``***``.
+decided and why (`privacy`). The organization token is not required: tokens are always shown as ``***``. With
+several Wigzo destinations (`[destinations.NAME]`), `--destination NAME`, or `--topic T` (the destination owning
+that topic), picks whose settings the events go through.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import urlencode
 import orjson
 
 from pipeline import config
+from pipeline.config import ConfigError, Settings
 from pipeline.contract.decoder import EventDecoder
 from pipeline.model import Deliver, PipelineError, Rejection, Skip, WigzoRequest
 from pipeline.wigzo.chain import Chain
@@ -27,14 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_options(parser)
     parser.add_argument("file", nargs="?", default="-", metavar="FILE",
                         help="Segment events, one JSON object per line; '-' or omitted reads standard input")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--destination", metavar="NAME",
+                        help="with several destinations ([destinations.NAME]), whose settings to use")
+    chosen.add_argument("--topic", metavar="TOPIC",
+                        help="as if the events were read from TOPIC: the settings of the destination owning it")
 
 
 def main(args: argparse.Namespace) -> int:
     settings = config.load_settings(args)
+    topic, settings = chosen_destination(settings, args.destination, args.topic)
     # The input is JSON lines whatever INPUT_FORMAT says about the Kafka topics.
     decoder = EventDecoder(replace(settings, input_formats={"*": "json"}))
     chain = Chain.from_settings(settings)
-    topic = settings.topics[0]
     with _lines(args.file) as lines:
         for line in lines:
             event_bytes = line.strip()
@@ -47,6 +55,22 @@ def main(args: argparse.Namespace) -> int:
                 shown["privacy"] = notes
             print(orjson.dumps(shown).decode(), flush=True)
     return 0
+
+
+def chosen_destination(settings: Settings, name: str | None, topic: str | None) -> tuple[str, Settings]:
+    """The topic the events are decoded as, and the settings of their destination: named, owning `topic`, or
+    the only one."""
+    destinations = dict(settings.for_destinations())
+    if topic is not None:
+        return topic, destinations[settings.destination_of(topic)]
+    if name is None and len(destinations) > 1:
+        raise ConfigError(f"there are {len(destinations)} destinations ({', '.join(destinations)}): choose one "
+                          "with --destination NAME, or --topic TOPIC for the one owning that topic")
+    if name is not None and name not in destinations:
+        raise ConfigError(f"--destination {name!r}: no such destination; the destinations are "
+                          f"{', '.join(destinations)}")
+    own = destinations[name] if name is not None else settings
+    return next(iter(own.topics), ""), own
 
 
 def describe(decision: Deliver | Skip | Rejection, base_url: str) -> dict[str, Any]:

@@ -127,6 +127,7 @@ def _moment(stamp: str | None) -> tuple[int, str] | None:
 
 def summarize(reader: DeadLetterReader, emit: Callable[[str], None]) -> None:
     stages: Counter[str] = Counter()
+    destinations: Counter[str] = Counter()
     classes: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     sources: Counter[tuple[str, str]] = Counter()
@@ -140,6 +141,7 @@ def summarize(reader: DeadLetterReader, emit: Callable[[str], None]) -> None:
             without_context += 1
             continue
         stages[context.get("stage", "?")] += 1
+        destinations[context.get("destination") or "(none: written before destinations)"] += 1
         classes[context.get("class", "?")] += 1
         statuses[context.get("http.status") or "none (no HTTP answer)"] += 1
         sources[(context.get("topic", "?"), context.get("partition", "?"))] += 1
@@ -152,6 +154,7 @@ def summarize(reader: DeadLetterReader, emit: Callable[[str], None]) -> None:
     if without_context:
         emit(f"  {without_context:,} of them have no {HEADER_PREFIX}* headers (not written by this pipeline)")
     _table("stage", stages, emit, order=[*STAGES, *sorted(set(stages) - set(STAGES))])
+    _table("destination", destinations, emit)
     _table("error class", classes, emit)
     _table("HTTP status", statuses, emit)
     emit("\nfailure times")

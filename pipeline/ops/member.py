@@ -1,15 +1,19 @@
 """One member of the consumer group, as `wigzo-pipeline run` starts it: alone (serving its own probes) or under
-the `--workers` supervisor (sharing its health), in live or batch mode (`--exit-when-idle`).
+the `--workers` supervisor (sharing its health), in live or batch mode (`--exit-when-idle`). Its settings are
+live (pipeline.live): SIGHUP, or a change to a file they were read from, reloads them without a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from pipeline.config import Settings
+from pipeline.config import Settings, SettingsSource
 from pipeline.kafka.assignment import BrokerOffsets, GroupSubscription
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.kafka.runner import build_pipeline, run_pipeline
@@ -28,13 +32,45 @@ class BatchRunFailed(PipelineError):
     claiming success."""
 
 
-def run_member(settings: Settings, quiet_seconds: float | None, health: MemberHealth | None = None) -> int:
-    """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health)."""
+def run_member(settings: Settings, quiet_seconds: float | None, source: SettingsSource,
+               health: MemberHealth | None = None) -> int:
+    """One member of the group, alone (serving its own probes) or under a supervisor (sharing its health);
+    `source` is where `settings` were read from, to read them again while it runs."""
+    with _sighup_reloads() as reload_to:
+        return _run_member(settings, quiet_seconds, source, health, reload_to)
+
+
+@contextmanager
+def _sighup_reloads() -> Iterator[list[Pipeline]]:
+    """SIGHUP reloads the settings of the pipeline put in the list once it is built; before that it is ignored
+    (a member that is starting reads its files then anyway: a change since is seen by the file watcher), never
+    the default, which would end the process. The supervisor starts members with SIGHUP blocked, so none is lost
+    while they start; it is unblocked here. Only the main thread receives signals: elsewhere nothing changes."""
+    built: list[Pipeline] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield built
+        return
+
+    def reload(_signum: int, _frame: object) -> None:
+        if built and built[0].live is not None:
+            built[0].live.request()
+
+    previous = signal.signal(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    try:
+        yield built
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _run_member(settings: Settings, quiet_seconds: float | None, source: SettingsSource,
+                health: MemberHealth | None, reload_to: list[Pipeline]) -> int:
     offsets = (BrokerOffsets(settings.kafka_client_config(), settings.group_id)
                if quiet_seconds is not None else None)  # only a batch run asks whether it is caught up
     subscription = GroupSubscription(settings.topics, settings.dlq_topic, offsets)
     try:
-        pipeline = build_pipeline(settings, subscription)
+        pipeline = build_pipeline(settings, subscription, live=source)
+        reload_to.append(pipeline)
     except PipelineError as exc:
         if health is None:
             raise

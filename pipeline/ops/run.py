@@ -5,14 +5,15 @@ up (partitions were assigned, every one is read to its high watermark, all work 
 new arrived for SECONDS); non-zero, with the reason, when it cannot reach Kafka, find its topics or get a
 partition within STARTUP_TIMEOUT. With `--workers N` (WORKERS) a supervisor runs N members, one process
 each (pipeline.ops.supervisor). What one member does is pipeline.ops.member, imported only by the process that
-runs one: a supervisor loads neither Kafka nor HTTP.
+runs one: a supervisor loads neither Kafka nor HTTP. SIGHUP (forwarded by the supervisor) reloads the settings
+(pipeline.live).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.config import add_options, load_settings
+from pipeline.config import SettingsSource, add_options
 from pipeline.telemetry.logs import configure_for
 
 
@@ -25,12 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
+    source = SettingsSource.of(args)
+    settings = source.load()
     configure_for(settings)
     if settings.workers > 1:
         from pipeline.ops.supervisor import Supervisor
 
-        return Supervisor(settings, args.exit_when_idle).run()
+        return Supervisor(settings, args.exit_when_idle, source).run()
     from pipeline.ops.member import run_member
 
-    return run_member(settings, args.exit_when_idle)
+    return run_member(settings, args.exit_when_idle, source)

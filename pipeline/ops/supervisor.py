@@ -1,11 +1,12 @@
 """`run --workers N`: N consumer-group members in one container, one process each, so every core works.
 
 One Python process keeps one core busy (the GIL), so a container with more cores runs more members. The
-supervisor starts them, forwards SIGTERM/SIGINT (each member drains and commits as it would alone),
-restarts a member that crashed with exponential backoff, and gives up (exit 1) when members keep crashing,
-so the orchestrator sees it. It serves one METRICS_PORT for all: /metrics sums every member (prometheus-client
-multiprocess mode), /healthz fails when any member's loop stalls, /readyz lists every member's reasons.
-Scaling beyond one machine stays Kafka's consumer-group protocol: more replicas, more partitions.
+supervisor starts them, forwards SIGTERM/SIGINT (each member drains and commits as it would alone) and SIGHUP
+(each member reloads its settings: pipeline.live), restarts a member that crashed with exponential backoff, and
+gives up (exit 1) when members keep crashing, so the orchestrator sees it. It serves one METRICS_PORT for all:
+/metrics sums every member (prometheus-client multiprocess mode), /healthz fails when any member's loop stalls,
+/readyz lists every member's reasons. Scaling beyond one machine stays Kafka's consumer-group protocol: more
+replicas, more partitions.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from pipeline.config import Settings
+from pipeline.config import Settings, SettingsSource
 from pipeline.ops.member_health import MemberHealth
 from pipeline.telemetry.probes import ProbeApp, ProbeServer
 
@@ -44,19 +45,21 @@ class _Member:
     done: bool = False
 
 
-def _member_main(settings: Settings, quiet_seconds: float | None, health: MemberHealth) -> None:
+def _member_main(settings: Settings, quiet_seconds: float | None, source: SettingsSource,
+                 health: MemberHealth) -> None:
     """A member process: the same run as `wigzo-pipeline run` alone, reporting health to the supervisor."""
     from pipeline.ops.member import run_member  # imported here: the child sets up metrics before anything else
     from pipeline.telemetry.logs import configure_for
 
     configure_for(settings)
-    raise SystemExit(run_member(settings, quiet_seconds, health))
+    raise SystemExit(run_member(settings, quiet_seconds, source, health))
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, quiet_seconds: float | None) -> None:
-        self._settings = replace(settings, workers=1)
+    def __init__(self, settings: Settings, quiet_seconds: float | None, source: SettingsSource) -> None:
+        self._settings = settings  # as read: a member's reload compares what it reads again with it
         self._quiet_seconds = quiet_seconds
+        self._source = source
         self._context = multiprocessing.get_context("spawn")
         self._members = [_Member(index, MemberHealth.shared(self._context, time.monotonic()))
                          for index in range(settings.workers)]
@@ -67,6 +70,7 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any member starts: they inherit it
         probes = self._serve_probes()
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_sighup)
         try:
             for member in self._members:
                 self._start(member)
@@ -103,11 +107,17 @@ class Supervisor:
         return reasons
 
     def _start(self, member: _Member) -> None:
+        """The member starts with SIGHUP blocked (it inherits the mask), so one forwarded while it starts waits
+        for it to be ready to take it instead of ending it; it unblocks SIGHUP once it handles it."""
         member.health.publish(time.monotonic(), ["starting"])
         member.process = self._context.Process(  # type: ignore[attr-defined]
-            target=_member_main, args=(self._settings, self._quiet_seconds, member.health),
+            target=_member_main, args=(self._settings, self._quiet_seconds, self._source, member.health),
             name=f"wigzo-pipeline-member-{member.index}")
-        member.process.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            member.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         member.restart_at = None
         log.info("member %d started (pid %d)", member.index, member.process.pid)
 
@@ -118,6 +128,12 @@ class Supervisor:
         for member in self._members:
             if member.process is not None and member.process.is_alive():
                 os.kill(member.process.pid, signal.SIGTERM)  # type: ignore[arg-type]
+
+    def _on_sighup(self, _signum: int, _frame: object) -> None:
+        log.info("SIGHUP: forwarding to every member, which reload their settings")
+        for member in self._members:
+            if member.process is not None and member.process.is_alive():
+                os.kill(member.process.pid, signal.SIGHUP)  # type: ignore[arg-type]
 
     def _watch(self) -> int:
         """Until every member is done: reap exits, restart crashed members (live runs), decide the exit code."""

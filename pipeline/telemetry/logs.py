@@ -60,7 +60,7 @@ def with_kafka_logging(config: Mapping[str, Any]) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     def __init__(self, scrub: Callable[[str], str]) -> None:
         super().__init__()
-        self._scrub = scrub
+        self.scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -74,19 +74,19 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._scrub(orjson.dumps(entry, default=str).decode())
+        return self.scrub(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
     def __init__(self, scrub: Callable[[str], str]) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._scrub = scrub
+        self.scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         context = " ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS
                            if getattr(record, name, None) is not None)
-        return self._scrub(f"{text} [{context}]" if context else text)
+        return self.scrub(f"{text} [{context}]" if context else text)
 
 
 class RepeatFilter(logging.Filter):
@@ -126,6 +126,17 @@ def configure_logging(level: str, log_format: str, secrets: Iterable[Secret] = (
     root.setLevel(level)
     if not any(isinstance(f, RepeatFilter) for f in KAFKA_LOGGER.filters):
         KAFKA_LOGGER.addFilter(RepeatFilter())
+
+
+def reconfigure_logging(level: str, secrets: Iterable[Secret]) -> None:
+    """A settings reload's log level, and the secrets to scrub from now on (new tokens, and the ones they
+    replaced), without replacing the handlers."""
+    scrub = Scrubber(secrets)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:
+        if isinstance(handler.formatter, (JsonFormatter, TextFormatter)):
+            handler.formatter.scrub = scrub
 
 
 def configure_for(settings: Settings) -> None:

@@ -1,8 +1,9 @@
 """The Prometheus metrics every part of the pipeline reports to, served on METRICS_PORT at /metrics.
 
 Labels stay bounded: topics, partitions, stages, outcome names, status classes, retry reasons and skip reasons
-(written by the code from the configuration: a consent category, a filter's title, an event-name map entry);
-never user ids, message ids or free-form reasons. Metrics are module-level (prometheus-client's usual pattern),
+(written by the code from the configuration: a consent category, a filter's title, an event-name map entry), and
+destinations (the config file's `[destinations.NAME]` tables, or `default`); never user ids, message ids or
+free-form reasons. Metrics are module-level (prometheus-client's usual pattern),
 so a process serves the sum over every pipeline it runs.
 """
 
@@ -14,26 +15,31 @@ PREFIX = "wigzo_pipeline"
 
 MESSAGES_CONSUMED = Counter(f"{PREFIX}_messages_consumed", "Messages read from Kafka", ["topic"])
 OUTCOMES = Counter(f"{PREFIX}_outcomes", "Final outcome of each message read (stage: of a dead letter)",
-                   ["outcome", "stage"])
+                   ["outcome", "stage", "destination"])
 SKIPS = Counter(f"{PREFIX}_skips", "Messages skipped on purpose, by reason (consent, a destination filter, "
-                "integrations, call type, event-name map)", ["reason"])
-DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic", ["stage"])
-DLQ_TRUNCATED = Counter(f"{PREFIX}_dlq_truncated", "Dead letters too large for their topic, stored cut down", ["stage"])
+                "integrations, call type, event-name map)", ["reason", "destination"])
+DLQ_WRITES = Counter(f"{PREFIX}_dlq_writes", "Dead letters acknowledged by the dead-letter topic",
+                     ["stage", "destination"])
+DLQ_TRUNCATED = Counter(f"{PREFIX}_dlq_truncated", "Dead letters too large for their topic, stored cut down",
+                        ["stage", "destination"])
 CONSUMER_LAG = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], multiprocess_mode="livemax")
 
-HTTP_REQUESTS = Counter(f"{PREFIX}_http_requests", "Requests sent to Wigzo, by answer", ["status_class"])
+HTTP_REQUESTS = Counter(f"{PREFIX}_http_requests", "Requests sent to Wigzo, by answer",
+                        ["status_class", "destination"])
 HTTP_DURATION = Histogram(f"{PREFIX}_http_request_duration_seconds", "Time from sending a request to Wigzo's answer",
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-RETRIES = Counter(f"{PREFIX}_retries", "Deliveries attempted again, by why", ["reason"])
-IN_FLIGHT = Gauge(f"{PREFIX}_in_flight", "Requests to Wigzo on the wire", multiprocess_mode="livesum")
+                          ["destination"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RETRIES = Counter(f"{PREFIX}_retries", "Deliveries attempted again, by why", ["reason", "destination"])
+IN_FLIGHT = Gauge(f"{PREFIX}_in_flight", "Requests to Wigzo on the wire", ["destination"],
+                  multiprocess_mode="livesum")
 CONCURRENCY_LIMIT = Gauge(f"{PREFIX}_concurrency_limit", "Requests allowed in flight (lowered while throttled)",
-                          multiprocess_mode="livesum")
-CIRCUIT_OPEN = Gauge(f"{PREFIX}_circuit_open", "1 while Wigzo is failing and delivery is paused",
+                          ["destination"], multiprocess_mode="livesum")
+CIRCUIT_OPEN = Gauge(f"{PREFIX}_circuit_open", "1 while Wigzo is failing and delivery is paused", ["destination"],
                      multiprocess_mode="livemax")
-AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", multiprocess_mode="livemax")
+AUTH_FAILED = Gauge(f"{PREFIX}_auth_failed", "1 while Wigzo rejects the token", ["destination"],
+                    multiprocess_mode="livemax")
 MISCONFIGURED = Gauge(f"{PREFIX}_misconfigured",
-                      "1 while every event fails the same permanent way and delivery is paused",
+                      "1 while every event fails the same permanent way and delivery is paused", ["destination"],
                       multiprocess_mode="livemax")
 MAPPING_HELD = Gauge(f"{PREFIX}_mapping_held",
                      "Events held uncommitted, not dead-lettered, because the mapping rejected many in a row alike",
@@ -52,6 +58,11 @@ KAFKA_SILENT = Gauge(f"{PREFIX}_kafka_silent", "1 while a broker leaves our requ
 EVENT_TO_DELIVERY = Histogram(f"{PREFIX}_event_to_delivery_seconds",
                               "From the event's timestamp to Wigzo's 2xx",
                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+CONFIG_RELOADS = Counter(f"{PREFIX}_config_reloads", "Settings read again while running (SIGHUP, a file changed), by "
+                         "result: applied, unchanged, or rejected (invalid: the running settings stay)", ["result"])
+CONFIG_GENERATION = Gauge(f"{PREFIX}_config_generation",
+                          "How many reloads changed the settings since the member started (0: as started)",
+                          multiprocess_mode="livemax")
 
 
 def status_class(status: int | None) -> str:

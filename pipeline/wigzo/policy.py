@@ -148,7 +148,7 @@ class FailureStreak(Generic[Kind]):
     """
 
     def __init__(self, threshold: int) -> None:
-        self._threshold = threshold
+        self.threshold = threshold  # WIGZO_SYSTEMIC_FAILURE_THRESHOLD, live: a reload may change it
         self._counts: dict[Kind, int] = {}
 
     def succeeded(self) -> None:
@@ -158,10 +158,10 @@ class FailureStreak(Generic[Kind]):
     def failed(self, failure: Kind) -> bool:
         """Count one more event failing this way; True when that makes it systemic."""
         count = self._counts[failure] = self._counts.get(failure, 0) + 1
-        return count >= self._threshold
+        return count >= self.threshold
 
     def systemic(self, failure: Kind) -> bool:
-        return self._counts.get(failure, 0) >= self._threshold
+        return self._counts.get(failure, 0) >= self.threshold
 
 
 class PermitKind(StrEnum):
@@ -229,6 +229,14 @@ class CircuitBreaker:
     def cancel_probe(self) -> None:
         """The probing caller gave up before sending: let another waiter probe."""
         self._probe_in_flight = False
+
+    def probe_now(self, now: float) -> None:
+        """The settings changed (a token, the base URL): while delivery is paused, the next caller probes at
+        once instead of waiting out the backoff, so a fix takes effect in the time of one request."""
+        if self.state is not Health.HEALTHY:
+            self._probe_in_flight = False
+            self._probe_delay = 0.0
+            self._next_probe_at = now
 
     def record(self, verdict: Verdict, sent_at: float, now: float, probe: bool, label: str = "",
                failure: Failure | None = None) -> Transition | None:
@@ -359,6 +367,13 @@ class ConcurrencyLimit:
 
     def on_success(self) -> None:
         self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+
+    def resize(self, maximum: int) -> None:
+        """WIGZO_MAX_IN_FLIGHT changed: a lower maximum caps the limit now, a higher one is grown into as Wigzo
+        keeps answering (as after throttling), unless the limit was at its maximum."""
+        at_maximum = not self.throttled
+        self.maximum = maximum
+        self._limit = float(maximum) if at_maximum else min(self._limit, float(maximum))
 
     def _decrease(self, now: float) -> bool:
         self._last_decrease = now

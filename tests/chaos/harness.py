@@ -104,9 +104,9 @@ class Wigzo:
 
 
 def start_wigzo(faults: Faults | None = None, ssl_context: ssl.SSLContext | None = None,
-                ca_bundle: str | None = None) -> Wigzo:
-    """A sandbox of the test's own that requires both of the suite's tokens."""
-    server = SandboxServer(org_token=ORG_TOKEN, api_token=API_TOKEN, faults=faults, ssl_context=ssl_context).start()
+                ca_bundle: str | None = None, org_tokens: Sequence[str] = (ORG_TOKEN,)) -> Wigzo:
+    """A sandbox of the test's own that requires the suite's tokens (`org_tokens`: several organizations)."""
+    server = SandboxServer(org_token=org_tokens, api_token=API_TOKEN, faults=faults, ssl_context=ssl_context).start()
     return Wigzo(server, SandboxControl(server.url, ca_bundle=ca_bundle), ca_bundle)
 
 

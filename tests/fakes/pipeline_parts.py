@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -339,6 +340,15 @@ class FakeClient:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class FakeDestination:
+    """A destination of fake parts: the test's mapping and client under a name."""
+
+    name: str
+    decide: Callable[[dict[str, Any]], MappingDecision]
+    client: FakeClient
 
 
 class FakeDeadLetters:

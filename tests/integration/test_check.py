@@ -8,6 +8,7 @@ import re
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -16,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.cli import main as cli
 from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS
 from pipeline.dev.samples import SampleStream
-from pipeline.ops.check import KAFKA_TIMEOUT, TOKEN_NOTE
+from pipeline.ops.check import KAFKA_TIMEOUT, LIVE_NOTE, TOKEN_NOTE
 from tests.conftest import TopicFactory
 from tests.integration.conftest import SANDBOX_ORG_TOKEN, Sandbox
 from tests.integration.pipeline_harness import produce
@@ -80,6 +81,40 @@ def test_a_good_setup_passes_every_row_and_sends_nothing(
     code, out = check(capsys, *common)
     assert code == 0, out
     assert f"lag {ends[0]:,} over the 2 of 3 partition(s) with committed offsets" in rows(out)["consumer group"][1]
+
+
+def test_every_destination_gets_its_own_rows_and_the_report_says_what_is_live(
+        kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    topic_a, topic_b = make_topic(partitions=1, prefix="brand-a"), make_topic(partitions=1, prefix="brand-b")
+    (tmp_path / "b-token").write_text("brand-b-token\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+bootstrap_servers = "{kafka_bootstrap}"
+group_id = "check-{uuid.uuid4().hex[:8]}"
+dlq_topic = "check-destinations-dlq"
+wigzo_base_url = "{sandbox.url}"
+[destinations.brand_a]
+topics = ["{topic_a}"]
+wigzo_org_token = "brand-a-token"
+consent_categories = ["Advertising"]
+[destinations.brand_b]
+topics = ["^brand-b-.*"]
+wigzo_base_url = "http://127.0.0.1:1"
+wigzo_org_token_file = "{tmp_path / 'b-token'}"
+""")
+    code, out = check(capsys, "--config", str(config))
+    table = rows(out)
+    assert code == 1, out
+    assert table["configuration"][0] == "PASS"
+    assert f"2 destinations: brand_a owns {topic_a}; brand_b owns ^brand-b-.*" in table["configuration"][1]
+    assert "brand_a: consent required for Advertising" in table["configuration"][1]
+    assert topic_b in table["source topics"][1]
+    assert table["wigzo base url (brand_a)"][0] == "PASS" and table["org token (brand_a)"][0] == "PASS"
+    assert table["wigzo base url (brand_b)"][0] == "FAIL" and "connection to 127.0.0.1:1 refused" in out
+    assert table["org token (brand_b)"][0] == "PASS"
+    assert LIVE_NOTE in out and "wigzo_org_token" in LIVE_NOTE and "bootstrap_servers" not in LIVE_NOTE
+    assert "brand-a-token" not in out and "brand-b-token" not in out
 
 
 def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:

@@ -58,7 +58,8 @@ def _run_to_the_end(settings: Settings, count: int) -> Pipeline:
 
 
 def _counted(metric: str, stage: str) -> float:
-    return REGISTRY.get_sample_value(f"wigzo_pipeline_{metric}_total", {"stage": stage}) or 0.0
+    return REGISTRY.get_sample_value(f"wigzo_pipeline_{metric}_total",
+                                     {"stage": stage, "destination": "default"}) or 0.0
 
 
 def test_a_message_near_the_broker_limit_is_dead_lettered_whole_and_the_run_goes_on(

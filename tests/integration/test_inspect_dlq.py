@@ -76,6 +76,7 @@ def test_summary_counts_match_the_dead_letters_in_the_topic(
     assert by_stage == {stage: Counter(c["stage"] for c in contexts)[stage]
                         for stage in ("decode", "validate", "mapping", "delivery")}
     assert by_stage["validate"] >= 3 and by_stage["decode"] >= 1 and by_stage["delivery"] >= 1
+    assert section(out, "destination") == {"default": len(contexts)}, "one destination unless configured"
     assert section(out, "error class") == Counter(c["class"] for c in contexts)
     statuses = section(out, "HTTP status")
     assert statuses["400"] == by_stage["delivery"]

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import requests
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import KAFKA_PASSTHROUGH_PREFIX, OPTIONS
 from pipeline.kafka.dead_letter_headers import error_headers
@@ -170,7 +171,11 @@ def test_run_consumes_delivers_and_dead_letters(installed: Installed, kafka_boot
             process.kill()
             process.communicate()
     assert process.returncode == 0, log[-5000:]
-    assert 'wigzo_pipeline_outcomes_total{outcome="dead_lettered",stage="validate"} 1.0' in scraped, scraped[-3000:]
+    outcomes = {tuple(sorted(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(scraped) for sample in family.samples
+                if sample.name == "wigzo_pipeline_outcomes_total"}
+    dead_lettered = (("destination", "default"), ("outcome", "dead_lettered"), ("stage", "validate"))
+    assert outcomes.get(dead_lettered) == 1.0, scraped[-3000:]
 
     received = sandbox.control.received()
     assert sorted((r["path"], r["body"].get("userId")) for r in received) == \

@@ -74,7 +74,8 @@ def user_events(n: int) -> list[dict[str, Any]]:
 
 
 def skips(reason: str) -> float:
-    return REGISTRY.get_sample_value("wigzo_pipeline_skips_total", {"reason": reason}) or 0.0
+    return REGISTRY.get_sample_value("wigzo_pipeline_skips_total",
+                                     {"reason": reason, "destination": "default"}) or 0.0
 
 
 def keys_holding(value: Any, name: str) -> bool:

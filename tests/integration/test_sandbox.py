@@ -132,6 +132,26 @@ def test_a_configured_api_token_is_required_and_must_match() -> None:
         assert post(server.url, IDENTIFY, GOOD_IDENTIFY, org_token="org", token="api").status_code == 200
 
 
+def test_several_org_tokens_stand_for_several_organizations_and_each_request_says_which_it_carried() -> None:
+    with SandboxServer(org_token=("org-a", "org-b")) as server:
+        control = SandboxControl(server.url)
+        assert post(server.url, IDENTIFY, GOOD_IDENTIFY, key="a", org_token="org-a").status_code == 200
+        assert post(server.url, IDENTIFY, GOOD_IDENTIFY, key="b", org_token="org-b").status_code == 200
+        assert post(server.url, IDENTIFY, GOOD_IDENTIFY, key="c", org_token="org-c").status_code == 401
+        assert [(r["idempotency_key"], r["org_token"]) for r in control.received()] == [("a", "org-a"), ("b", "org-b")]
+
+
+def test_the_org_tokens_can_be_rotated_and_reset_restores_them(sandbox: Sandbox) -> None:
+    sandbox.control.set_org_tokens("rotated")
+    assert sandbox.control.org_tokens() == ["rotated"]
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="old").status_code == 401
+    assert post(sandbox.url, IDENTIFY, GOOD_IDENTIFY, key="new", org_token="rotated").status_code == 200
+    with pytest.raises(SandboxError, match="org_tokens"):
+        sandbox.control.set_org_tokens()
+    sandbox.control.reset()
+    assert sandbox.control.org_tokens() == [SANDBOX_ORG_TOKEN]
+
+
 def test_malformed_bodies_and_unknown_routes(sandbox: Sandbox) -> None:
     params = {"org_token": SANDBOX_ORG_TOKEN}
     assert requests.post(sandbox.url + IDENTIFY, params=params, data=b"{not json", timeout=5).status_code == 400

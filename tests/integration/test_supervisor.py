@@ -110,3 +110,36 @@ def test_a_killed_member_is_restarted_and_sigterm_drains_every_member(
     settings = settings_for(kafka_bootstrap, topic, sandbox.url)
     assert not predicted_requests(settings, topic, samples) - received_requests(sandbox.control.received()), \
         "nothing is lost across the crash"
+
+
+def test_sighup_reaches_every_member_and_never_ends_one_that_is_starting(
+        kafka_bootstrap: str, make_topic: TopicFactory, sandbox: Sandbox, tmp_path: Path) -> None:
+    topic = make_topic(partitions=4)
+    stderr_path = tmp_path / "supervisor.stderr"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=stderr, env={**os.environ, "LOG_FORMAT": "text", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                                "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": f"workers-{uuid.uuid4().hex[:8]}",
+                                "WIGZO_BASE_URL": sandbox.url, "WIGZO_ORG_TOKEN": SANDBOX_ORG_TOKEN,
+                                "METRICS_PORT": "0"})
+    try:
+        wait_for(lambda: len(_members(process.pid)) == 2, 30, "two members started", interval=0.05)
+        starting = _members(process.pid)
+        process.send_signal(signal.SIGHUP)  # the members are still importing and building: it must not end them
+        wait_for(lambda: stderr_path.read_text().count("pipeline.kafka.pipeline: assigned") >= 2, 60,
+                 "both members in the group")
+        assert sorted(_members(process.pid)) == sorted(starting), "no member ended and was replaced"
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: stderr_path.read_text().count("settings reload (SIGHUP)") == 2, 30,
+                 "each member reloading its settings")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = stderr_path.read_text()
+    assert "restarting it in" not in log and log.count("pipeline.ops.member: stopped: read") == 2, log[-3000:]
+    assert log.count("SIGHUP: forwarding to every member") == 2
+    assert "takes effect only on restart" not in log, "a member reads the settings as its supervisor did"

@@ -430,3 +430,112 @@ def test_only_filters_take_tables_in_the_config_file(tmp_path: Path) -> None:
     config = _config(tmp_path, '[[consent_categories]]\nname = "Advertising"\n')
     with pytest.raises(ConfigError, match="must be a string, a number, a boolean or an array of them"):
         load_settings(_args("--config", str(config)), environ={})
+
+
+# ---- several destinations in one group ------------------------------------------------------------------------
+
+DESTINATIONS = '''
+max_in_flight = 32
+event_name_map = '{"Signed Up": "signup"}'
+
+[destinations.brand_a]
+topics = ["segment-brand-a"]
+wigzo_org_token_file = "brand-a-org-token"
+event_name_map = '{"Signed Up": "registered"}'
+
+[destinations.brand_b]
+topics = ["segment-brand-b", "^segment-brand-b-.*"]
+wigzo_base_url = "https://eu.example-wigzo-host"
+wigzo_org_token_file = "brand-b-org-token"
+'''
+
+
+def _destinations(tmp_path: Path, text: str = DESTINATIONS, **environ: str) -> Settings:
+    (tmp_path / "brand-a-org-token").write_text("token-a\n")
+    (tmp_path / "brand-b-org-token").write_text("token-b\n")
+    (tmp_path / "config.toml").write_text(text.replace('"brand-', f'"{tmp_path}/brand-'))
+    return load_settings(_args("--config", str(tmp_path / "config.toml")), environ=environ)
+
+
+def test_each_destination_owns_its_topics_and_inherits_what_it_does_not_override(tmp_path: Path) -> None:
+    settings = _destinations(tmp_path, WIGZO_CONNECT_TIMEOUT="2")
+    assert settings.topics == ("segment-brand-a", "segment-brand-b", "^segment-brand-b-.*"), "the union"
+    destinations = dict(settings.for_destinations())
+    brand_a, brand_b = destinations["brand_a"], destinations["brand_b"]
+    assert (brand_a.topics, brand_b.topics) == (("segment-brand-a",), ("segment-brand-b", "^segment-brand-b-.*"))
+    assert (brand_a.wigzo_org_token, brand_b.wigzo_org_token) == (Secret("token-a"), Secret("token-b"))
+    assert brand_a.event_name_map == {"Signed Up": "registered"} and brand_b.event_name_map == {"Signed Up": "signup"}
+    assert brand_a.wigzo_base_url == "https://app.wigzo.com"
+    assert brand_b.wigzo_base_url == "https://eu.example-wigzo-host"
+    assert brand_a.max_in_flight == brand_b.max_in_flight == 32 and brand_b.connect_timeout == 2.0
+    assert brand_a.secret_files == {"wigzo_org_token": f"{tmp_path}/brand-a-org-token"}
+    assert {Secret("token-a"), Secret("token-b")} <= set(settings.secrets()), "every destination's, for scrubbing"
+    assert [settings.destination_of(topic) for topic in ("segment-brand-a", "segment-brand-b", "segment-brand-b-eu")
+            ] == ["brand_a", "brand_b", "brand_b"]
+    settings.require_org_token()
+
+
+def test_without_destinations_there_is_one_named_default() -> None:
+    settings = Settings(topics=("a", "b"))
+    assert [(name, own is settings) for name, own in settings.for_destinations()] == [("default", True)]
+    assert settings.destination_of("anything") == "default"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('[destinations.a]\ntopics = ["x", "y"]\n[destinations.b]\ntopics = ["y"]\n',
+     "[destinations.a] (y) and [destinations.b] (y) both own topic 'y': a topic belongs to one destination; to "
+     "deliver one topic to two Wigzo organizations, run a second consumer group"),
+    ('[destinations.a]\ntopics = ["^seg-.*"]\n[destinations.b]\ntopics = ["seg-x"]\n',
+     "[destinations.a] (^seg-.*) and [destinations.b] (seg-x) both own topic 'seg-x'"),
+    ('[destinations.a]\nwigzo_base_url = "https://x"\n', "[destinations.a] owns no topics"),
+    ('[destinations.a]\ntopics = ["x"]\ngroup_id = "g"\n',
+     "[destinations.a] group_id: 'group_id' is not a Wigzo setting, so it cannot differ per destination"),
+    ('[destinations.a]\ntopics = ["x"]\nwigzo_base_ulr = "g"\n',
+     "[destinations.a]: unknown setting 'wigzo_base_ulr' (did you mean 'wigzo_base_url'?)"),
+    ('[destinations."a b"]\ntopics = ["x"]\n', "a destination's name is 1 to 64 ASCII letters"),
+    ('[destinations.a]\ntopics = ["^(x"]\n', "'^(x' is not a regular expression"),
+    ('[destinations.a]\ntopics = ["x"]\nmax_in_flight = 0\n', "[destinations.a] max_in_flight='0' is invalid"),
+    ('destinations = "a"\n', "'destinations' is invalid: write each destination as a table"),
+])
+def test_destination_mistakes_name_the_file_and_the_table(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _destinations(tmp_path, text)
+    assert needle in str(raised.value)
+
+
+def test_topics_belong_to_the_destinations_when_there_are_some(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_TOPICS \\(topics\\) is set, and so is \\[destinations\\]"):
+        _destinations(tmp_path, KAFKA_TOPICS="segment-events")
+
+
+def test_two_patterns_matching_one_topic_are_refused_when_it_shows_up(tmp_path: Path) -> None:
+    settings = _destinations(tmp_path, '[destinations.a]\ntopics = ["^seg-.*"]\n'
+                                       '[destinations.b]\ntopics = ["^.*-x"]\n')
+    assert settings.destination_of("seg-y") == "a"
+    with pytest.raises(ConfigError, match="topic 'seg-x' is owned by two destinations, 'a' and 'b'"):
+        settings.destination_of("seg-x")
+
+
+def test_a_destination_without_a_token_says_where_to_put_one(tmp_path: Path) -> None:
+    settings = _destinations(tmp_path, '[destinations.a]\ntopics = ["x"]\n')
+    with pytest.raises(ConfigError, match=r"destination 'a' has no Wigzo org token: set wigzo_org_token_file in its "
+                                          r"\[destinations.a\] table"):
+        settings.require_org_token()
+
+
+def test_the_files_settings_were_read_from_are_remembered_for_the_live_reload(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("CA")
+    (tmp_path / "map.json").write_text("{}")
+    settings = _destinations(tmp_path, WIGZO_CA_BUNDLE=str(tmp_path / "ca.pem"), KAFKA_OPT_SASL_PASSWORD_FILE=str(
+        tmp_path / "brand-a-org-token"), WIGZO_EVENT_MAP=str(tmp_path / "map.json"))
+    read = dict(settings.read_from)
+    assert set(read) == {str(tmp_path / name) for name in ("config.toml", "brand-a-org-token", "brand-b-org-token",
+                                                            "ca.pem", "map.json")}
+    assert all(stamp is not None for stamp in read.values())
+
+
+def test_every_setting_says_when_a_change_takes_effect() -> None:
+    live = {option.attr for option in OPTIONS if option.live}
+    assert {"wigzo_org_token", "event_name_map", "ca_bundle", "max_in_flight", "log_level"} <= live
+    assert not live & {"bootstrap_servers", "topics", "group_id", "workers", "metrics_port", "dlq_topic"}
+    assert {option.attr for option in OPTIONS if option.destination} == live - {"log_level"}

@@ -31,8 +31,8 @@ BROKER_DEFAULT_LIMIT = 1_048_588  # Kafka's message.max.bytes
 def _letter(key: bytes | None = b"user-1", value: bytes | None = b"v" * 200_000,
             headers: list[tuple[str, bytes | None]] | None = None) -> Letter:
     return Letter(topic="events.dlq", key=key, value=value, headers=headers or [("trace", b"abc")],
-                  context=list(CONTEXT), timestamp=0, stage="decode", source=("events", 3, 41),
-                  ticket=None)
+                  context=list(CONTEXT), timestamp=0, stage="decode", destination="default",
+                  source=("events", 3, 41), ticket=None)
 
 
 @pytest.mark.parametrize("name", ["events.dlq", "a", "A-b_c.9", "x" * 249])
@@ -113,7 +113,7 @@ def test_a_redriven_truncated_letter_stays_marked_when_dead_lettered_again() -> 
                        headers=[(TRUNCATED_HEADER, b"200000"), (HEADER_PREFIX + "attempts", b"1")])
     letter = DeadLetter(Rejection("decode", "InvalidJson", "not JSON"), attempts=1, first_failure=0.0,
                         last_failure=1.0)
-    context = error_headers(context_headers(redriven, letter, str))
+    context = error_headers(context_headers(redriven, letter, str, "default"))
     assert context["truncated"] == "200000" and context["attempts"] == "2"
 
 
@@ -121,4 +121,11 @@ def test_a_whole_letter_carries_no_truncation_marker() -> None:
     record = Message(topic="events", partition=0, offset=1, key=b"k", value=b"{")
     letter = DeadLetter(Rejection("decode", "InvalidJson", "not JSON"), attempts=1, first_failure=0.0,
                         last_failure=1.0)
-    assert "truncated" not in error_headers(context_headers(record, letter, str))
+    assert "truncated" not in error_headers(context_headers(record, letter, str, "default"))
+
+
+def test_a_letter_names_the_destination_its_topic_belongs_to() -> None:
+    record = Message(topic="segment-brand-b", partition=0, offset=1, key=b"k", value=b"{")
+    letter = DeadLetter(Rejection("decode", "InvalidJson", "not JSON"), attempts=1, first_failure=0.0,
+                        last_failure=1.0)
+    assert error_headers(context_headers(record, letter, str, "brand_b"))["destination"] == "brand_b"

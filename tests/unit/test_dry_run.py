@@ -124,6 +124,35 @@ def test_event_map_from_configuration_applies(tmp_path, capsys):
     assert skipped == {"outcome": "skip", "reason": "event name map skips 'Heartbeat'"}
 
 
+def test_with_several_destinations_the_events_go_through_the_one_chosen(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text("""
+[destinations.brand_a]
+topics = ["segment-brand-a"]
+event_name_map = '{"Signed Up": "signup"}'
+[destinations.brand_b]
+topics = ["segment-brand-b", "^segment-brand-b-.*"]
+wigzo_base_url = "https://eu.example-wigzo-host"
+event_name_map = '{"Signed Up": "registered"}'
+""")
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(lines([{"type": "track", "event": "Signed Up", "messageId": "m-1", "userId": "u-1"}]))
+    shown = {}
+    for choice in (["--destination", "brand_a"], ["--destination", "brand_b"], ["--topic", "segment-brand-b-eu"]):
+        assert run([str(events), "--config", str(config), *choice]) == 0
+        (request,) = orjson.loads(capsys.readouterr().out)["requests"]
+        shown[choice[1]] = (request["json"]["eventName"], request["url"].split("/rest/")[0])
+    assert shown == {"brand_a": ("signup", "https://app.wigzo.com"),
+                     "brand_b": ("registered", "https://eu.example-wigzo-host"),
+                     "segment-brand-b-eu": ("registered", "https://eu.example-wigzo-host")}
+    with pytest.raises(PipelineError, match=r"2 destinations \(brand_a, brand_b\): choose one with --destination"):
+        run([str(events), "--config", str(config)])
+    with pytest.raises(PipelineError, match="--destination 'brand_c': no such destination"):
+        run([str(events), "--config", str(config), "--destination", "brand_c"])
+    with pytest.raises(PipelineError, match="topic 'other' belongs to no destination"):
+        run([str(events), "--config", str(config), "--topic", "other"])
+
+
 def test_unreadable_file_is_a_usage_error_not_a_traceback(tmp_path):
     with pytest.raises(PipelineError, match="cannot read .*missing.jsonl: No such file"):
         run([str(tmp_path / "missing.jsonl")])

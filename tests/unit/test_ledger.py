@@ -289,25 +289,38 @@ def test_due_never_passes_the_lowest_unfinished_offset_and_never_goes_back(data:
     assert {k: last_due[k] for k in keys} == {k: to_read[k][-1] + 1 for k in keys}
 
 
+ACCEPTING = lambda key: True  # noqa: E731 - every partition's destination takes work
+
+
 def test_a_full_window_pauses_until_below_half_of_it() -> None:
     checkpoint = tracked(P0, P1, window=4)
     for offset in range(4):
         checkpoint.read(P0, offset)
     never_exhausted = lambda key: False  # noqa: E731
-    assert checkpoint.ledger.repause(True, never_exhausted) == ([P0], [])
-    assert checkpoint.ledger.repause(True, never_exhausted) == ([], []), "said once"
+    assert checkpoint.ledger.repause(ACCEPTING, never_exhausted) == ([P0], [])
+    assert checkpoint.ledger.repause(ACCEPTING, never_exhausted) == ([], []), "said once"
     checkpoint.finish(P0, 0)
-    assert checkpoint.ledger.repause(True, never_exhausted) == ([], []), "3 left: not below half the window"
+    assert checkpoint.ledger.repause(ACCEPTING, never_exhausted) == ([], []), "3 left: not below half the window"
     checkpoint.finish(P0, 1)
-    assert checkpoint.ledger.repause(True, never_exhausted) == ([], [P0])
+    assert checkpoint.ledger.repause(ACCEPTING, never_exhausted) == ([], [P0])
 
 
 def test_everything_pauses_while_delivery_does_not_accept_work_and_exhausted_partitions_stay_paused() -> None:
     checkpoint = tracked(P0, P1)
-    assert checkpoint.ledger.repause(False, lambda key: False) == ([P0, P1], [])
+    assert checkpoint.ledger.repause(lambda key: False, lambda key: False) == ([P0, P1], [])
     assert checkpoint.ledger.all_paused()
-    assert checkpoint.ledger.repause(True, lambda key: key == P1) == ([], [P0])
+    assert checkpoint.ledger.repause(ACCEPTING, lambda key: key == P1) == ([], [P0])
     assert not checkpoint.ledger.all_paused()
+
+
+def test_only_the_partitions_of_a_destination_not_accepting_work_pause() -> None:
+    """Two destinations own a topic each: one whose token is rejected pauses its partitions only."""
+    other = ("brand-b", 0)
+    checkpoint = tracked(P0, P1, other)
+    brand_b_down = lambda key: key[0] != "brand-b"  # noqa: E731
+    assert checkpoint.ledger.repause(brand_b_down, NEVER_EXHAUSTED) == ([other], [])
+    assert not checkpoint.ledger.get(P0).paused and not checkpoint.ledger.get(P1).paused
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], [other]), "resumed once it accepts again"
 
 
 def test_release_marks_the_partition_so_late_results_change_nothing() -> None:
@@ -332,17 +345,17 @@ def test_a_users_queue_past_its_share_does_not_fill_the_partitions_window() -> N
     for offset in range(15):
         checkpoint.read(P0, offset)
         checkpoint.send(P0, offset, "hot user")
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], []), "15 unfinished, but 13 past the share"
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], []), "15 unfinished, but 13 past the share"
     for offset in range(15, 32):
         checkpoint.read(P0, offset)
         checkpoint.send(P0, offset, f"user {offset}")
     assert checkpoint.ledger.get(P0).counted == 19  # type: ignore[union-attr]
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [])
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], [])
     checkpoint.read(P0, 32)
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([P0], []), "everyone else filled the window"
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([P0], []), "everyone else filled the window"
     for offset in range(15, 33):
         checkpoint.finish(P0, offset)
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [P0])
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], [P0])
     assert checkpoint.due([P0]) == {}, "commits still wait for the hot user's oldest event"
     for offset in range(15):
         checkpoint.finish(P0, offset)
@@ -354,15 +367,15 @@ def test_the_members_window_in_bytes_pauses_every_partition_until_below_half() -
     checkpoint = tracked(P0, P1, window_bytes=38_000)
     checkpoint.read(P0, 0, value=b"x" * 9_000)  # counted twice (the value and its decoded copy), plus overheads
     assert checkpoint.ledger.memory() == 2 * 9_000 + MESSAGE_OVERHEAD + OFFSET_COST
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [])
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], [])
     checkpoint.read(P1, 0, value=b"x" * 9_000)
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([P0, P1], []), "over 38,000 bytes: all pause"
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([P0, P1], []), "over 38,000 bytes: all pause"
     checkpoint.finish(P1, 0)
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], []), "19,124: not below half yet"
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], []), "19,124: not below half yet"
     checkpoint.read(P1, 1, value=b"")
     checkpoint.finish(P0, 0)
     assert checkpoint.ledger.memory() == MESSAGE_OVERHEAD + OFFSET_COST
-    assert checkpoint.ledger.repause(True, NEVER_EXHAUSTED) == ([], [P0, P1])
+    assert checkpoint.ledger.repause(ACCEPTING, NEVER_EXHAUSTED) == ([], [P0, P1])
 
 
 def test_finished_offsets_behind_an_unfinished_one_cost_memory_too() -> None:

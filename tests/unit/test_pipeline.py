@@ -22,7 +22,7 @@ from pipeline.config import Settings
 from pipeline.kafka.assignment import Assignment, GroupSubscription, OffsetRanges
 from pipeline.kafka.executor import OrderedExecutor
 from pipeline.kafka.ledger import PartitionKey
-from pipeline.kafka.parts import Flow, Parts
+from pipeline.kafka.parts import Destinations, Flow, Parts
 from pipeline.kafka.pipeline import Pipeline
 from pipeline.model import (
     Aborted,
@@ -41,6 +41,7 @@ from tests.fakes.pipeline_parts import (
     FakeConsumer,
     FakeDeadLetters,
     FakeDecoder,
+    FakeDestination,
     FakeSchemas,
     Journal,
     map_event,
@@ -81,8 +82,11 @@ class Harness:
 
     def build(self, assignment: Assignment | None = None, *, flow: Flow = FLOW,
               commit: bool = True, reader: Callable[[Message], Message | Skip] | None = None,
-              clock: Callable[[], float] = time.monotonic) -> Pipeline:
-        parts = Parts(decoder=self.decoder, schemas=self.schemas, decide=self.map_event, client=self.client,
+              clock: Callable[[], float] = time.monotonic,
+              destinations: Destinations[FakeDestination] | None = None) -> Pipeline:
+        """One destination (`default`, the harness's client) unless `destinations` says otherwise."""
+        destinations = destinations or Destinations.one(FakeDestination("default", self.map_event, self.client))
+        parts = Parts(decoder=self.decoder, schemas=self.schemas, destinations=destinations,
                       dead_letters=self.dead_letters, executor=OrderedExecutor(4, stall_after=3.0, name="test-send"),
                       shutdown=threading.Event())
         self.pipeline = Pipeline(parts, assignment or GroupSubscription((TOPIC,), ""), flow, reader=reader,
@@ -667,6 +671,35 @@ def test_a_batch_gives_up_on_a_registry_silent_for_its_patience_leaving_the_rest
     assert status.stats.held == 1 and status.stats.held_because.startswith("schema registry at http://registry")
     assert h.consumer.last_commit(P0) is None or h.consumer.last_commit(P0) <= 1, "never past the held message"
     assert h.dead_letters.letters == []
+
+
+def test_a_destination_not_accepting_work_pauses_only_its_own_partitions_and_holds_none_of_the_others_events(
+        make_harness: Callable[..., Harness]) -> None:
+    """Two destinations own a topic each; one user's events in both. brand_b's Wigzo stops taking work while that
+    user's event is held there: brand_a goes on delivering that user's events, only brand_b's partition pauses,
+    and readiness names brand_b."""
+    brand_a, brand_b = ("brand-a", 0), ("brand-b", 0)
+    h = make_harness([brand_a, brand_b])
+    other = FakeClient()
+    other.hold("0:100")
+    destinations = Destinations([(FakeDestination("brand_a", h.map_event, h.client), ("brand-a",)),
+                                 (FakeDestination("brand_b", h.map_event, other), ("^brand-b.*",))])
+    pipeline = h.build(GroupSubscription(("brand-a", "brand-b"), ""), destinations=destinations)
+    h.consumer.feed(message(brand_b, 100, record_key=b"user-1"))
+    h.start(pipeline)
+    wait_for(lambda: other.started == ["0:100"], "brand_b's event on its way")
+    other.accepting = False
+    h.consumer.feed(*(message(brand_a, n, record_key=b"user-1") for n in range(5)),
+                    message(brand_b, 101, record_key=b"user-1"))
+    wait_for(lambda: len(h.client.delivered) == 5, "brand_a delivering the same user's events")
+    wait_for(lambda: brand_b in h.consumer.paused, "brand_b's partition paused")
+    assert brand_a not in h.consumer.paused
+    assert pipeline.status.readiness() == ["Wigzo (brand_b): circuit open: Wigzo is failing"]
+    other.accepting = True
+    other.release_all()
+    wait_for(lambda: other.delivered == ["0:100", "0:101"], "brand_b resuming, in order")
+    h.stop()
+    other.release_all()
 
 
 def test_readiness_says_why_this_member_cannot_take_work(make_harness: Callable[..., Harness]) -> None:

@@ -1,7 +1,7 @@
 """The docs agree with the one declaration of the settings (the fields of `pipeline.config.Settings`): the README's
-settings table gives every setting's variable, flag and default, docs/configuration.md every config file key, and
-neither names a variable, flag or key the code does not read. A default changed in code fails here until the docs
-say the same."""
+settings table gives every setting's variable, flag and default, docs/configuration.md every config file key and
+when a change to it takes effect (live, per destination, or on restart), and neither names a variable, flag or key
+the code does not read. A default changed in code fails here until the docs say the same."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ import re
 import tomllib
 from pathlib import Path
 
-from pipeline.config import CONFIG_ENV, KAFKA_PASSTHROUGH_PREFIX, KAFKA_TABLE, OPTIONS, SECRET_FILE_SUFFIX
+from prometheus_client.metrics import MetricWrapperBase
+
+from pipeline.config import (
+    CONFIG_ENV,
+    DESTINATION_TOPICS,
+    DESTINATIONS_TABLE,
+    KAFKA_PASSTHROUGH_PREFIX,
+    KAFKA_TABLE,
+    OPTIONS,
+    SECRET_FILE_SUFFIX,
+)
+from pipeline.telemetry import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -21,6 +32,10 @@ BY_KEY = {option.attr: option for option in OPTIONS}
 SECRET_FILE_ENVS = tuple(f"{option.env}{SECRET_FILE_SUFFIX.upper()}" for option in OPTIONS if option.secret)
 SECRET_FILE_KEYS = {f"{option.attr}{SECRET_FILE_SUFFIX}" for option in OPTIONS if option.secret}
 FILE_KEYS = set(BY_KEY) | SECRET_FILE_KEYS
+DESTINATION_KEYS = ({option.attr for option in OPTIONS if option.destination} | {DESTINATION_TOPICS}
+                    | {f"{option.attr}{SECRET_FILE_SUFFIX}" for option in OPTIONS if option.destination and option.secret})
+METRIC_SERIES = {family.name + suffix for metric in vars(metrics).values() if isinstance(metric, MetricWrapperBase)
+                 for family in metric.describe() for suffix in ("", "_total")}
 OTHER_FLAGS = {"--config", "--kafka-config"}  # add_options' flags that are not settings of their own
 
 # the README's rows for what is not a Settings field: variable cell -> flag cell
@@ -83,11 +98,11 @@ def test_the_readme_table_has_no_row_the_code_does_not_read() -> None:
         assert rows[variable][0] == flag, f"{variable}: the README gives {rows[variable][0]}, the code {flag}"
 
 
-def test_every_config_file_key_is_listed_with_its_variable() -> None:
-    rows = table(CONFIGURATION, "| key | variable |")
-    listed = {key.strip("`"): variable.strip("`") for key, variable in rows}
+def test_every_config_file_key_is_listed_with_its_variable_and_when_a_change_takes_effect() -> None:
+    rows = table(CONFIGURATION, "| key | variable | changes |")
+    listed = {key.strip("`"): (variable.strip("`"), when) for key, variable, when in rows}
     assert len(listed) == len(rows), "a key has two rows in docs/configuration.md"
-    assert listed == {option.attr: option.env for option in OPTIONS}
+    assert listed == {option.attr: (option.env, option.when) for option in OPTIONS}
 
 
 def test_the_precedence_example_names_one_setting_and_its_default() -> None:
@@ -107,8 +122,10 @@ def test_the_example_config_file_uses_only_known_keys() -> None:
     assert blocks, "docs/configuration.md has no example config file"
     for block in blocks:
         document = tomllib.loads(block)
-        unknown = set(document) - FILE_KEYS - {KAFKA_TABLE}
+        unknown = set(document) - FILE_KEYS - {KAFKA_TABLE, DESTINATIONS_TABLE}
         assert not unknown, f"the example config file has keys the code does not read: {sorted(unknown)}"
+        for name, destination in document.get(DESTINATIONS_TABLE, {}).items():
+            assert set(destination) <= DESTINATION_KEYS, f"[{DESTINATIONS_TABLE}.{name}]: {set(destination)}"
 
 
 def test_configuration_names_only_known_variables_flags_and_keys() -> None:
@@ -119,4 +136,7 @@ def test_configuration_names_only_known_variables_flags_and_keys() -> None:
             assert env[0] in BY_ENV or env[0] in SECRET_FILE_ENVS or env[0] == CONFIG_ENV, (
                 f"docs/configuration.md: unknown variable in `{span}`")
         elif key := FILE_KEY.fullmatch(span.split("=")[0].strip()):
+            if key[0].startswith(f"{metrics.PREFIX}_"):
+                assert key[0] in METRIC_SERIES, f"docs/configuration.md: no such metric `{span}`"
+                continue
             assert key[0] in FILE_KEYS, f"docs/configuration.md: unknown config file key in `{span}`"

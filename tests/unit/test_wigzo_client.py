@@ -84,19 +84,19 @@ class RecordingStop(threading.Event):
 def test_the_transport_pools_a_connection_for_every_request_that_can_be_on_the_wire() -> None:
     """max_in_flight (48 here), and as many again for requests left hanging, which stop counting against it."""
     client = WigzoClient(SETTINGS)
-    assert isinstance(client._transport, RequestsTransport)
-    adapter = client._transport._adapter
+    assert isinstance(client._live.transport, RequestsTransport)
+    adapter = client._live.transport._adapter
     assert adapter._pool_maxsize == 96  # type: ignore[attr-defined]
     assert adapter.max_retries.total == 0
-    assert client._transport._session.verify is True
-    assert client._transport._headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
+    assert client._live.transport._session.verify is True
+    assert client._live.transport._headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("segment-wigzo/")
     client.close()
 
 
 def test_a_ca_bundle_replaces_the_default_trust_store() -> None:
     client = WigzoClient(Settings(wigzo_base_url="https://wigzo.test", ca_bundle="/etc/wigzo-ca.pem"))
-    assert isinstance(client._transport, RequestsTransport)
-    assert client._transport._session.verify == "/etc/wigzo-ca.pem"
+    assert isinstance(client._live.transport, RequestsTransport)
+    assert client._live.transport._session.verify == "/etc/wigzo-ca.pem"
 
 
 @pytest.mark.parametrize("url", ["app.wigzo.com", "ftp://app.wigzo.com", "https://"])
@@ -384,7 +384,8 @@ def test_requests_hanging_past_stall_after_stop_holding_their_slots(caplog: pyte
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """A metric of the clients of the default destination (every client here serves that one)."""
+    return REGISTRY.get_sample_value(name, {"destination": "default", **labels}) or 0.0
 
 
 def test_each_attempt_is_counted_by_answer_and_each_retry_by_reason() -> None:
@@ -433,3 +434,88 @@ def test_a_window_of_429s_lowers_concurrency_and_says_so_once(caplog: pytest.Log
     assert [r.getMessage() for r in caplog.records] == [
         "Wigzo is throttling (50% or more of the last 4 answers were HTTP 429): lowering concurrency to 24 "
         "requests in flight"]
+
+
+# ---- settings that change while running ---------------------------------------------------------------------
+
+
+def _with_token_file(tmp_path: Any, token: str) -> tuple[Settings, Any]:
+    """SETTINGS with the org token read from a file, as WIGZO_ORG_TOKEN_FILE leaves it."""
+    path = tmp_path / "org-token"
+    path.write_text(token + "\n")
+    return replace(SETTINGS, secret_files={"wigzo_org_token": str(path)}), path
+
+
+def test_a_rejected_token_whose_file_holds_a_new_one_is_retried_at_once_with_it(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A token rotated in Wigzo and in its Secret at about the same time: no pause, no dead letter."""
+    settings, path = _with_token_file(tmp_path, ORG)
+    transport = ScriptedTransport([response(401), response(200)])
+    client = WigzoClient(settings, transport=transport, destination="brand_a")
+    path.write_text("org-ROTATED-3\n")
+    with caplog.at_level(logging.INFO, logger="pipeline.wigzo.client"):
+        attempts = client.start(REQUEST)
+        assert client.attempt(attempts, threading.Event()) == Wait(0.0), "at once"
+        assert client.accepting_work() and client.state == "healthy", "never paused"
+        assert client.attempt(attempts, threading.Event()) == Delivered(200, 2)
+    assert [dict(call["params"])["org_token"] for call in transport.calls] == [ORG, "org-ROTATED-3"]
+    assert dict(transport.calls[1]["params"])["token"] == API, "the API token, not from a file, is kept"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("destination brand_a: Wigzo rejected the token (HTTP 401) and its file holds a new one")
+    assert "ROTATED" not in caplog.text
+
+
+def test_a_rejected_token_whose_file_is_unchanged_pauses_delivery(tmp_path: Any) -> None:
+    settings, _ = _with_token_file(tmp_path, ORG)
+    client = WigzoClient(settings, transport=ScriptedTransport([response(401)]))
+    assert client.attempt(client.start(REQUEST), threading.Event()) == Wait(0.0)
+    assert not client.accepting_work() and client.state == "auth_failed"
+
+
+def test_a_reload_reaches_the_next_attempt_of_a_request_already_under_way() -> None:
+    """A retry after a change uses the new token, base URL and timeouts; the request itself was mapped before."""
+    clock = SimulatedClock()
+    transport = ScriptedTransport([response(503), response(200)])
+    client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=replace(POLICY, backoff_base=0.0))
+    attempts = client.start(REQUEST)
+    assert isinstance(client.attempt(attempts, threading.Event()), Wait)
+    changed = replace(SETTINGS, wigzo_base_url="https://eu.wigzo.test/", wigzo_org_token=Secret("org-NEW-4"),
+                      wigzo_api_token=Secret(""), read_timeout=11.0)
+    client.reconfigure(changed, {"wigzo_base_url", "wigzo_org_token", "wigzo_api_token", "read_timeout"})
+    assert client.attempt(attempts, threading.Event()) == Delivered(200, 2)
+    first, second = transport.calls
+    assert first["url"] == "https://wigzo.test/rest/v1/learn/event" and first["params"] == REQUEST.query
+    assert second["url"] == "https://eu.wigzo.test/rest/v1/learn/event"
+    assert second["params"] == (("org_token", "org-NEW-4"),) and second["timeout"] == (3.0, 11.0)
+
+
+def test_a_reload_while_the_token_is_rejected_probes_at_once() -> None:
+    clock = SimulatedClock()
+    transport = ScriptedTransport([response(401), response(200)])
+    client = WigzoClient(SETTINGS, transport=transport, clock=clock, policy=replace(POLICY, auth_probe_base=5.0))
+    paused, waiting = client.start(REQUEST), client.start(REQUEST)
+    assert client.attempt(paused, threading.Event()) == Wait(0.0) and client.state == "auth_failed"
+    gate = client.attempt(waiting, threading.Event())
+    assert isinstance(gate, Wait) and gate.seconds >= 5.0, "the next probe is seconds away"
+    client.reconfigure(replace(SETTINGS, wigzo_org_token=Secret("org-NEW-5")), {"wigzo_org_token"})
+    assert all(event.is_set() for event in gate.wake), "those waiting for the gate are woken"
+    assert client.attempt(waiting, threading.Event()) == Delivered(200, 1), "probed at once, with the new token"
+    assert client.accepting_work()
+
+
+def test_a_reload_resizes_the_concurrency_limit_of_its_destination_only() -> None:
+    client = WigzoClient(SETTINGS, transport=ScriptedTransport([]), destination="brand_b")
+    other = sample("wigzo_pipeline_concurrency_limit")
+    client.reconfigure(replace(SETTINGS, max_in_flight=12), {"max_in_flight"})
+    assert REGISTRY.get_sample_value("wigzo_pipeline_concurrency_limit", {"destination": "brand_b"}) == 12.0
+    assert sample("wigzo_pipeline_concurrency_limit") == other
+
+
+def test_a_reload_with_a_new_ca_bundle_gets_a_new_transport_and_keeps_the_old_for_requests_under_way() -> None:
+    client = WigzoClient(SETTINGS)
+    before = client._live.transport
+    client.reconfigure(replace(SETTINGS, ca_bundle="/etc/new-ca.pem"), {"ca_bundle"})
+    after = client._live.transport
+    assert isinstance(after, RequestsTransport) and after is not before
+    assert after._session.verify == "/etc/new-ca.pem"
+    client.close()

@@ -24,7 +24,9 @@ def _names(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
-    parser.add_argument("--org-token", default=None, help="the org_token to require [env WIGZO_ORG_TOKEN]")
+    parser.add_argument("--org-token", default=None,
+                        help="the org_token to require; several, comma-separated, stand for several Wigzo "
+                             "organizations [env WIGZO_ORG_TOKEN]")
     parser.add_argument("--api-token", default=None, help="the token to require, if any [env WIGZO_API_TOKEN]")
     for fault in fields(Faults):  # a flag for every fault, unset unless given
         flag, help_text = f"--{fault.name.replace('_', '-')}", fault.metadata["help"]
@@ -50,7 +52,7 @@ def _ssl_context_from(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 def main(args: argparse.Namespace) -> int:
-    org_token = args.org_token or os.environ.get("WIGZO_ORG_TOKEN", "")
+    org_tokens = _names(args.org_token or os.environ.get("WIGZO_ORG_TOKEN", ""))
     api_token = args.api_token or os.environ.get("WIGZO_API_TOKEN") or None
     changes: dict[str, Any] = {fault.name: getattr(args, fault.name) for fault in fields(Faults)
                                if getattr(args, fault.name) is not None}
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    server = SandboxServer(host=args.host, port=args.port, org_token=org_token, api_token=api_token,
+    server = SandboxServer(host=args.host, port=args.port, org_token=org_tokens, api_token=api_token,
                            faults=faults, ssl_context=ssl_context).start()
     print(server.url, flush=True)
     while not stopped.wait(0.5):

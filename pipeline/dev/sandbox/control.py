@@ -53,6 +53,13 @@ class SandboxControl:
     def reset(self) -> None:
         self._call("POST", "reset")
 
+    def org_tokens(self) -> list[str]:
+        return self._call("GET", "tokens")["org_tokens"]
+
+    def set_org_tokens(self, *tokens: str) -> None:
+        """Accept these org tokens instead (a rotation in Wigzo); `reset` restores those it started with."""
+        self._call("POST", "tokens", {"org_tokens": list(tokens)})
+
     def set_faults(self, **faults: Any) -> None:
         self._call("POST", "faults", faults)
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.dev.sandbox.wigzo_rules import HANG, Answer, Faults, Request, SandboxError, Wigzo, error_answer
@@ -164,14 +165,17 @@ class SandboxServer:
     With `ssl_context` (a server-side context holding the certificate) it serves HTTPS, so tests can check
     the client's certificate verification against a real handshake."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, org_token: str, api_token: str | None = None,
-                 faults: Faults | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        if not org_token:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, org_token: str | Sequence[str],
+                 api_token: str | None = None, faults: Faults | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`org_token`: the one it accepts, or several (one sandbox standing in for several organizations)."""
+        org_tokens = (org_token,) if isinstance(org_token, str) else tuple(org_token)
+        if not org_tokens or not all(org_tokens):
             raise SandboxError("the sandbox needs an org token: pass --org-token or set WIGZO_ORG_TOKEN")
         self._host = host
         self._port = port
         self._ssl_context = ssl_context
-        self._wigzo = Wigzo(org_token, api_token or None, faults or Faults())
+        self._wigzo = Wigzo(org_tokens, api_token or None, faults or Faults())
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(_quiet_client_resets)
         self._thread: threading.Thread | None = None

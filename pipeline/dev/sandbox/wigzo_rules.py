@@ -11,6 +11,8 @@ Wigzo routes (the documented checks; 200 ``{"status": "success"}``, 400 ``{"stat
                                                            .customer_id and .line_items[*].product_id,
                                                            .variant_id, .quantity
 
+``org_token`` must be one of the sandbox's org tokens: it accepts several, so one sandbox stands in for several
+Wigzo organizations (a deployment with several destinations), and records which one each request carried.
 ``token`` is checked only when the sandbox has an API token. Requests carry an ``Idempotency-Key``
 header; every request to a learn route counts as an attempt for its key, whatever its answer.
 
@@ -21,7 +23,8 @@ Clients that honour Retry-After cause none; the chaos suite asserts so.
 Control API (JSON; not subject to faults):
 
     GET  /_sandbox/requests    {"requests": [...]} accepted requests in arrival order, each
-                               {"path", "body", "idempotency_key", "received_at", "attempt", "user_agent"}
+                               {"path", "body", "idempotency_key", "received_at", "attempt", "user_agent",
+                               "org_token"}
     GET  /_sandbox/count       {"count": n} accepted requests
     GET  /_sandbox/duplicates  {"duplicates": {key: n}} keys accepted more than once
     GET  /_sandbox/attempts    {"attempts": [...]} every learn request seen, each
@@ -36,8 +39,10 @@ Control API (JSON; not subject to faults):
     POST /_sandbox/faults      change the given faults, e.g. {"error_rate": 0.2}; 400 on an unknown one.
                                Only a change naming outage_seconds starts (or, with 0, ends) an outage;
                                one naming rate_limit_per_second or rate_limit_burst refills the bucket
-    POST /_sandbox/reset       forget all requests, attempts and violations, restore the faults the
-                               sandbox started with (restarting their outage and a full bucket)
+    GET  /_sandbox/tokens      {"org_tokens": [...]} the org tokens accepted now
+    POST /_sandbox/tokens      {"org_tokens": [...]} accept these instead, as a rotation in Wigzo does
+    POST /_sandbox/reset       forget all requests, attempts and violations, restore the faults and org tokens
+                               the sandbox started with (restarting their outage and a full bucket)
 
 Faults (see `Faults`) apply to learn routes in this order: unauthorized, outage, fail_first_attempts,
 rate limit, hang, drop, throttle, error; then the token and body checks and reject_event_names. Latency
@@ -230,8 +235,8 @@ CHECKS = {"/rest/v1/learn/identify": _check_identify, "/rest/v1/learn/event": _c
 class Wigzo:
     """The sandbox's state and request handling; lives on the event-loop thread, so needs no locks."""
 
-    def __init__(self, org_token: str, api_token: str | None, faults: Faults) -> None:
-        self.org_token = org_token
+    def __init__(self, org_tokens: tuple[str, ...], api_token: str | None, faults: Faults) -> None:
+        self.initial_org_tokens = org_tokens
         self.api_token = api_token
         self.initial_faults = faults.validated()
         self.rng = random.Random()
@@ -246,6 +251,7 @@ class Wigzo:
         self.accepted_per_key: Counter[str] = Counter()
         self.retry_not_before: dict[str, tuple[float, int]] = {}  # key -> (monotonic time, the Retry-After sent)
         self.violations: list[dict[str, Any]] = []
+        self.org_tokens = self.initial_org_tokens
         self.set_faults(self.initial_faults, [f.name for f in fields(Faults)])
 
     def set_faults(self, faults: Faults, changed: Collection[str]) -> None:
@@ -288,7 +294,8 @@ class Wigzo:
             body = verdict
             self.accepted_per_key[key] += 1
             self.accepted.append({"path": request.path, "body": body, "idempotency_key": key, "received_at": now,
-                                  "attempt": attempt, "user_agent": request.headers.get("user-agent", "")})
+                                  "attempt": attempt, "user_agent": request.headers.get("user-agent", ""),
+                                  "org_token": dict(parse_qsl(request.query)).get("org_token", "")})
         return outcome, delay
 
     def audit_retry_after(self, path: str, key: str, attempt: int, now: float, monotonic: float) -> None:
@@ -324,7 +331,7 @@ class Wigzo:
         params = dict(parse_qsl(request.query))
         if not params.get("org_token"):
             return error_answer(401, "org_token is required", "org_token")
-        if params["org_token"] != self.org_token:
+        if params["org_token"] not in self.org_tokens:
             return error_answer(401, "org_token is invalid", "org_token")
         if self.api_token is not None and params.get("token") != self.api_token:
             return error_answer(401, "token is missing or invalid", "token")
@@ -380,6 +387,17 @@ class Wigzo:
             except (ValueError, orjson.JSONDecodeError) as exc:
                 return error_answer(400, str(exc))
             return Answer(200, orjson.dumps(self.current_faults()))
+        if route == ("GET", "/_sandbox/tokens"):
+            return Answer(200, orjson.dumps({"org_tokens": list(self.org_tokens)}))
+        if route == ("POST", "/_sandbox/tokens"):
+            try:
+                tokens = orjson.loads(request.body or b"{}").get("org_tokens")
+            except (AttributeError, orjson.JSONDecodeError):
+                tokens = None
+            if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
+                return error_answer(400, 'send {"org_tokens": [...]}: one or more non-empty strings')
+            self.org_tokens = tuple(tokens)
+            return Answer(200, orjson.dumps({"org_tokens": tokens}))
         if route == ("POST", "/_sandbox/reset"):
             self.reset()
             return Answer(200, orjson.dumps({"status": "reset"}))
