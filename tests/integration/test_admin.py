@@ -98,8 +98,8 @@ def test_a_paused_partition_reports_the_lag_it_accumulates(kafka_bootstrap: str,
         position = consumer.position([TopicPartition(topic, 0)])[0].offset
         assert position == 5, "paused: nothing more is read"
         assert _offsets(kafka_bootstrap).lag({key: position}) == {key: 4}
-        consumer.poll(0.5)
-        assert fetched_lag(consumer, [key]) == {key: 0}, "the cached watermark stays where the last fetch left it"
+        # the cached watermark stays where the last fetch left it (a fetch already on its way may still move it, so
+        # it is not asserted); what the loop reports is the watermark asked of the broker
         highs = LatestHighs(_offsets(kafka_bootstrap))
 
         def asked() -> bool:  # as the loop does each second: never waits, takes the answer on a later pass
