@@ -97,9 +97,13 @@ def make_topic(kafka_admin: AdminClient) -> Iterator[TopicFactory]:
 
     def create(partitions: int = 6, prefix: str = "test") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        futures = kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        futures[name].result(timeout=30)
+        futures = kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
+                                            operation_timeout=30)
+        futures[name].result(timeout=35)
         created.append(name)
+        # the broker's metadata may show a new topic a moment after the controller created it (KRaft)
+        wait_for(lambda: len(kafka_admin.list_topics(name, timeout=10).topics[name].partitions) == partitions, 30,
+                 f"topic {name} to be described with its {partitions} partitions")
         return name
 
     yield create

@@ -202,7 +202,23 @@ def ensure_topic(admin: AdminClient, metadata: ClusterMetadata, topic: str, part
         return EnsuredTopic(len(current.partitions), created=False)
     except TimeoutError:
         raise TopicCreateError(topic, partitions, None, timeout) from None
+    if not validate_only:
+        _wait_until_described(admin, topic, timeout)
     return EnsuredTopic(partitions, created=True)
+
+
+def _wait_until_described(admin: AdminClient, topic: str, timeout: float) -> None:
+    """The controller has created the topic, but the broker's metadata may take a moment longer to show it
+    (KRaft): wait for it, so the topic is usable on return."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            raise KafkaUnreachable(exc.args[0]) from None
+        if (found is not None and found.error is None and found.partitions) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
 
 
 def dead_letter_feeds(sources: Iterable[str], dlq_topic: str) -> dict[str, list[str]]:
