@@ -657,10 +657,8 @@ class _ConfigFile:
                 continue
             option = options.get(key) or file_keys.get(key)
             if option is None:
-                valid = sorted([*options, *file_keys, KAFKA_TABLE, DESTINATIONS_TABLE])
-                close = difflib.get_close_matches(key.lower(), valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; the settings are {', '.join(valid)}"
-                raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
+                raise _unknown_setting(path, key, sorted([*options, *file_keys, KAFKA_TABLE, DESTINATIONS_TABLE]),
+                                       "the settings are")
             if (raw := _file_entry(path, key, key, value, option, key in file_keys)) is not None:
                 if option.attr in settings:
                     raise _both_set(settings[option.attr], raw)
@@ -673,6 +671,13 @@ class _ConfigFile:
                                  _toml_text(f"{path}: [{KAFKA_TABLE}] {name}", value, _is_kafka_secret(name)))
                                 for name, value in _flatten(table).items()), origin=path)
         return cls(settings, kafka, _destination_tables(path, document.get(DESTINATIONS_TABLE, {})))
+
+
+def _unknown_setting(place: str, key: str, valid: list[str], listing: str) -> ConfigError:
+    """A key no setting has: the closest one it may be a typo of, else every key that is valid there."""
+    close = difflib.get_close_matches(key.lower(), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; {listing} {', '.join(valid)}"
+    return ConfigError(f"{place}: unknown setting {key!r}{hint}")
 
 
 def _file_entry(path: str, key: str, label: str, value: object, option: Option, from_file: bool) -> _Raw | None:
@@ -707,10 +712,8 @@ def _destination_tables(path: str, tables: object) -> dict[str, dict[str, _Raw]]
                 if key in BY_ATTR:
                     raise ConfigError(f"{path}: {label}: {key!r} is not a Wigzo setting, so it cannot differ per "
                                       "destination: set it at the top level")
-                valid = sorted([DESTINATION_TOPICS, *overridable, *file_keys])
-                close = difflib.get_close_matches(key.lower(), valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; a destination takes {', '.join(valid)}"
-                raise ConfigError(f"{path}: {where}: unknown setting {key!r}{hint}")
+                raise _unknown_setting(f"{path}: {where}", key,
+                                       sorted([DESTINATION_TOPICS, *overridable, *file_keys]), "a destination takes")
             if (raw := _file_entry(path, key, label, value, option, key in file_keys)) is not None:
                 if option.attr in raws:
                     raise _both_set(raws[option.attr], raw)
