@@ -83,7 +83,7 @@ def test_second_signal_exits_at_once_without_committing(kafka_bootstrap: str, ma
         control.set_faults(hang_rate=1.0)  # requests hang: the first signal's drain waits for the read timeout
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic,
                "KAFKA_GROUP_ID": group, "WIGZO_BASE_URL": server.url, "WIGZO_ORG_TOKEN": ORG_TOKEN,
-               "WIGZO_READ_TIMEOUT": "60"}
+               "WIGZO_READ_TIMEOUT": "60", "METRICS_PORT": "0"}  # a fixed port would collide with other runs
         log = tmp_path / "run.log"
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env, cwd=ROOT,

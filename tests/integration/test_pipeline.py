@@ -198,7 +198,8 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_sigterm_exits_cleanly
     # timeout (6 s) rather than librdkafka's default 45 s
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": settings.group_id,
            "WIGZO_BASE_URL": server.url, "WIGZO_ORG_TOKEN": ORG_TOKEN, "WIGZO_MAX_IN_FLIGHT": "32",
-           "KAFKA_OPT_SESSION_TIMEOUT_MS": "6000", "KAFKA_OPT_HEARTBEAT_INTERVAL_MS": "1000"}
+           "KAFKA_OPT_SESSION_TIMEOUT_MS": "6000", "KAFKA_OPT_HEARTBEAT_INTERVAL_MS": "1000",
+           "METRICS_PORT": "0"}  # no probes needed: a fixed port would collide with runs elsewhere in the suite
 
     log = tmp_path / "run.log"
     victim = _run_subprocess(env, log)
